@@ -1,0 +1,134 @@
+"""Every environment variable the builder reads, read once.
+
+Entrypoints call ``BuildConfig.from_env(os.environ)`` and pass the result down;
+tests pass plain dicts.  Defaults follow seed 003:
+
+* ``COMFY_HOME``: ``/runpod-volume/builds/comfy-<id>`` when a network volume is
+  mounted, ``/runpod-volume/ComfyUI`` inside a container without one, and
+  ``~/comfy-<id>`` on a workstation.
+* ``COMFY_CACHE_ROOT``: ``/runpod-volume/cache/runpod-comfy`` on a volume or in a
+  container, else ``~/.cache/runpod-comfy``.
+* ``MODELS_DIR``: ``<COMFY_CACHE_ROOT>/models``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+VOLUME_ROOT = Path("/runpod-volume")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    default: str
+    help: str
+
+
+# The one table of environment variables the builder reads; docs/runpod.md lists each.
+BUILD_ENV: tuple[EnvVar, ...] = (
+    EnvVar("COMFY_HOME", "see Paths", "Where a version is realized (ComfyUI checkout, custom_nodes, venv)."),
+    EnvVar("MODELS_DIR", "<COMFY_CACHE_ROOT>/models", "Models directory ComfyUI reads (checkpoints/, loras/, ...)."),
+    EnvVar("COMFY_CACHE_ROOT", "see Paths", "Shared cache: git objects, model blobs, resolved locks."),
+    EnvVar("COMFY_OFFLINE", "false", "true: resolve/realize use only local caches, never the network."),
+    EnvVar("VERSIONS_DIR", "<repo>/versions", "Where version specs versions/<id>.json live."),
+    EnvVar("HF_TOKEN", "", "Hugging Face token, sent only to the Hugging Face host."),
+    EnvVar("CIVITAI_TOKEN", "", "Civitai token, sent only to civitai.com."),
+    EnvVar("HF_ENDPOINT", "https://huggingface.co", "Hugging Face endpoint (tests point it at a local server)."),
+    EnvVar("MODEL_DOWNLOAD_CONNECTIONS", "4", "Parallel ranged connections for large HTTP model downloads."),
+)
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def in_container(root: Path = Path("/")) -> bool:
+    return (root / ".dockerenv").exists() or (root / "run/.containerenv").exists()
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Paths and switches for resolve/realize/verify-models."""
+
+    comfy_home: Path | None  # None: derive per version id (see comfy_home_for)
+    cache_root: Path
+    models_dir: Path
+    offline: bool
+    versions_dir: Path
+    volume_mounted: bool
+    container: bool
+    home: Path
+    hf_endpoint: str
+    download_connections: int
+    hf_token: str = field(default="", repr=False)
+    civitai_token: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        volume_root: Path = VOLUME_ROOT,
+        container: bool | None = None,
+    ) -> "BuildConfig":
+        home = Path(env.get("HOME") or os.path.expanduser("~"))
+        volume = volume_root.is_dir()
+        in_ctr = in_container() if container is None else container
+        if env.get("COMFY_CACHE_ROOT"):
+            cache_root = Path(env["COMFY_CACHE_ROOT"]).expanduser()
+        elif volume or in_ctr:
+            cache_root = volume_root / "cache" / "runpod-comfy"
+        else:
+            cache_root = home / ".cache" / "runpod-comfy"
+        models_dir = Path(env["MODELS_DIR"]).expanduser() if env.get("MODELS_DIR") else cache_root / "models"
+        comfy_home = Path(env["COMFY_HOME"]).expanduser() if env.get("COMFY_HOME") else None
+        versions_dir = Path(env["VERSIONS_DIR"]).expanduser() if env.get("VERSIONS_DIR") else REPO_ROOT / "versions"
+        connections = int(env.get("MODEL_DOWNLOAD_CONNECTIONS") or 4)
+        return cls(
+            comfy_home=comfy_home,
+            cache_root=cache_root,
+            models_dir=models_dir,
+            offline=truthy(env.get("COMFY_OFFLINE")),
+            versions_dir=versions_dir,
+            volume_mounted=volume,
+            container=in_ctr,
+            home=home,
+            hf_endpoint=(env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
+            download_connections=max(1, connections),
+            hf_token=env.get("HF_TOKEN", ""),
+            civitai_token=env.get("CIVITAI_TOKEN", ""),
+        )
+
+    # --- derived paths -------------------------------------------------------------
+    def comfy_home_for(self, version_id: str) -> Path:
+        if self.comfy_home is not None:
+            return self.comfy_home
+        if self.volume_mounted:
+            return VOLUME_ROOT / "builds" / f"comfy-{version_id}"
+        if self.container:
+            return VOLUME_ROOT / "ComfyUI"
+        return self.home / f"comfy-{version_id}"
+
+    @property
+    def git_cache(self) -> Path:
+        return self.cache_root / "git"
+
+    @property
+    def store_dir(self) -> Path:
+        """Root of the content-addressed model store: ``<store>/models/<algo>/<HH>/<hex>/blob``."""
+        return self.cache_root / "store"
+
+    @property
+    def resolved_dir(self) -> Path:
+        return self.cache_root / "resolved"
+
+    def lock_path(self, version_id: str) -> Path:
+        return self.resolved_dir / f"{version_id}.lock.json"
+
+    def spec_path(self, version_id: str) -> Path:
+        return self.versions_dir / f"{version_id}.json"

@@ -1,0 +1,194 @@
+"""Every environment variable the worker reads, read once.
+
+``main`` builds ``WorkerConfig.from_env(os.environ)`` and passes it down; tests
+pass plain dicts.  Nothing else in ``rp_handler`` touches ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from builder.config import BUILD_ENV, BuildConfig, EnvVar, truthy
+
+WORKER_ENV: tuple[EnvVar, ...] = (
+    EnvVar("COMFY_VERSION_ID", "", "Version id to run (versions/<id>.json); also read as COMFY_VERSION_NAME."),
+    EnvVar("COMFY_VERSION_NAME", "", "Alias of COMFY_VERSION_ID (seed 003)."),
+    EnvVar("COMFY_PYTHON", "the worker's own python", "Interpreter that runs ComfyUI's main.py."),
+    EnvVar("COMFY_PORT", "8188", "Port ComfyUI listens on (always on 127.0.0.1)."),
+    EnvVar("COMFY_EXTRA_ARGS", "", "Extra arguments for ComfyUI's main.py, shell-quoted."),
+    EnvVar("COMFY_FORCE_CPU", "auto", "true: pass --cpu; auto: pass --cpu when no NVIDIA GPU is visible."),
+    EnvVar("COMFY_BOOT_TIMEOUT_S", "300", "Seconds ComfyUI may take to answer /system_stats after spawn."),
+    EnvVar("COMFY_MAX_RESTARTS", "3", "ComfyUI crashes tolerated before the worker asks RunPod to refresh it."),
+    EnvVar("JOB_TIMEOUT_S", "600", "Default job deadline when the input has no timeout_s."),
+    EnvVar("JOB_MAX_TIMEOUT_S", "3600", "Largest timeout_s a job may ask for."),
+    EnvVar("OUTPUT_MODE", "gcs if GCS_BUCKET else base64", "Default output sink: gcs, base64 or local."),
+    EnvVar("OUTPUT_LOCAL_DIR", "", "Folder for output mode local."),
+    EnvVar("GCS_BUCKET", "", "Bucket for output mode gcs."),
+    EnvVar("GCS_PREFIX", "comfy-outputs", "Object name prefix: <prefix>/<job_id>/<node>_<index>_<file>."),
+    EnvVar("GCS_PROJECT", "", "GCP project (also GOOGLE_CLOUD_PROJECT)."),
+    EnvVar("GOOGLE_CLOUD_PROJECT", "", "GCP project, if GCS_PROJECT is unset."),
+    EnvVar("GOOGLE_APPLICATION_CREDENTIALS", "", "Service-account JSON for GCS (never logged)."),
+    EnvVar("GCS_RETRIES", "3", "Upload attempts for transient GCS errors."),
+    EnvVar("GCS_RETRY_BASE_SLEEP", "0.5", "First backoff in seconds between GCS attempts (exponential)."),
+    EnvVar("GCS_PUBLIC", "false", "true: return public URLs instead of signed ones."),
+    EnvVar("GCS_SIGNED_URL_TTL", "3600", "Signed URL lifetime in seconds."),
+    EnvVar("GCS_VALIDATE", "true", "Verify CRC32C of every uploaded object."),
+    EnvVar("STORAGE_EMULATOR_HOST", "", "GCS emulator URL (tests)."),
+    EnvVar("MAX_RESULT_BYTES", "19000000", "Largest base64 result before the worker refuses and points to GCS."),
+    EnvVar("MAX_INPUT_BYTES", "50000000", "Largest decoded input image, in bytes."),
+    EnvVar("ALLOW_PRIVATE_URLS", "false", "true: image URLs may point at private/loopback/link-local addresses."),
+    EnvVar("NVME_CACHE_DIR", "", "Local NVMe model cache root; empty disables the cache."),
+    EnvVar("CACHE_MIN_SIZE_MB", "10", "Model files smaller than this are read from the volume in place."),
+    EnvVar("CACHE_BUDGET_GB", "0", "Byte budget of the NVMe cache (0: free disk less a margin)."),
+    EnvVar("CACHE_CATEGORIES", "", "Comma-separated model folders to cache (empty: all)."),
+    EnvVar("CACHE_VERBOSE", "false", "Log every cache decision."),
+    EnvVar("PROGRESS_INTERVAL_S", "0.5", "Minimum seconds between progress updates sent to RunPod."),
+    EnvVar("FREE_VRAM_BELOW_MB", "0", "After a job, POST /free when free VRAM is below this (0: never)."),
+    EnvVar("FREE_EVERY_N_JOBS", "0", "POST /free after every N jobs (0: never)."),
+    EnvVar("LIMIT_MAX_PIXELS", "4194304", "Largest width x height a workflow may ask for."),
+    EnvVar("LIMIT_MAX_BATCH", "8", "Largest batch_size."),
+    EnvVar("LIMIT_MAX_STEPS", "150", "Largest sampler steps."),
+    EnvVar("LIMIT_MAX_FRAMES", "256", "Largest frame count (video nodes)."),
+    EnvVar("LOG_LEVEL", "INFO", "Worker log level."),
+)
+
+ALL_ENV: tuple[EnvVar, ...] = BUILD_ENV + WORKER_ENV
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer; set it to a whole number like {default}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number; set it to a number like {default}") from None
+
+
+@dataclass(frozen=True)
+class GcsConfig:
+    bucket: str
+    prefix: str
+    project: str
+    retries: int
+    retry_base_sleep: float
+    public: bool
+    signed_url_ttl: int
+    validate: bool
+    emulator_host: str
+    credentials_file: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    root: Path | None
+    min_size_mb: float
+    budget_bytes: int
+    categories: tuple[str, ...]
+    verbose: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int
+    max_batch: int
+    max_steps: int
+    max_frames: int
+    max_input_bytes: int
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    build: BuildConfig
+    version_id: str
+    comfy_python: str
+    port: int
+    extra_args: tuple[str, ...]
+    force_cpu: str  # "true" | "false" | "auto"
+    boot_timeout_s: float
+    max_restarts: int
+    job_timeout_s: float
+    job_max_timeout_s: float
+    output_mode: str
+    output_local_dir: str
+    max_result_bytes: int
+    allow_private_urls: bool
+    progress_interval_s: float
+    free_vram_below_mb: int
+    free_every_n_jobs: int
+    log_level: str
+    gcs: GcsConfig
+    cache: CacheConfig
+    limits: Limits
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
+        build = BuildConfig.from_env(env, **build_kwargs)
+        bucket = env.get("GCS_BUCKET", "")
+        mode = (env.get("OUTPUT_MODE") or ("gcs" if bucket else "base64")).strip().lower()
+        budget_gb = _float(env, "CACHE_BUDGET_GB", 0.0)
+        cache_root = env.get("NVME_CACHE_DIR", "").strip()
+        return cls(
+            build=build,
+            version_id=env.get("COMFY_VERSION_ID") or env.get("COMFY_VERSION_NAME") or "",
+            comfy_python=env.get("COMFY_PYTHON") or sys.executable,
+            port=_int(env, "COMFY_PORT", 8188),
+            extra_args=tuple(shlex.split(env.get("COMFY_EXTRA_ARGS", ""))),
+            force_cpu=(env.get("COMFY_FORCE_CPU") or "auto").strip().lower(),
+            boot_timeout_s=_float(env, "COMFY_BOOT_TIMEOUT_S", 300.0),
+            max_restarts=_int(env, "COMFY_MAX_RESTARTS", 3),
+            job_timeout_s=_float(env, "JOB_TIMEOUT_S", 600.0),
+            job_max_timeout_s=_float(env, "JOB_MAX_TIMEOUT_S", 3600.0),
+            output_mode=mode,
+            output_local_dir=env.get("OUTPUT_LOCAL_DIR", ""),
+            max_result_bytes=_int(env, "MAX_RESULT_BYTES", 19_000_000),
+            allow_private_urls=truthy(env.get("ALLOW_PRIVATE_URLS")),
+            progress_interval_s=_float(env, "PROGRESS_INTERVAL_S", 0.5),
+            free_vram_below_mb=_int(env, "FREE_VRAM_BELOW_MB", 0),
+            free_every_n_jobs=_int(env, "FREE_EVERY_N_JOBS", 0),
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            gcs=GcsConfig(
+                bucket=bucket,
+                prefix=(env.get("GCS_PREFIX") or "comfy-outputs").strip("/"),
+                project=env.get("GCS_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or "",
+                retries=max(1, _int(env, "GCS_RETRIES", 3)),
+                retry_base_sleep=_float(env, "GCS_RETRY_BASE_SLEEP", 0.5),
+                public=truthy(env.get("GCS_PUBLIC")),
+                signed_url_ttl=_int(env, "GCS_SIGNED_URL_TTL", 3600),
+                validate=truthy(env.get("GCS_VALIDATE", "true")),
+                emulator_host=env.get("STORAGE_EMULATOR_HOST", ""),
+                credentials_file=env.get("GOOGLE_APPLICATION_CREDENTIALS", ""),
+            ),
+            cache=CacheConfig(
+                root=Path(cache_root) if cache_root else None,
+                min_size_mb=_float(env, "CACHE_MIN_SIZE_MB", 10.0),
+                budget_bytes=int(budget_gb * (1 << 30)),
+                categories=tuple(c.strip() for c in env.get("CACHE_CATEGORIES", "").split(",") if c.strip()),
+                verbose=truthy(env.get("CACHE_VERBOSE")),
+            ),
+            limits=Limits(
+                max_pixels=_int(env, "LIMIT_MAX_PIXELS", 4_194_304),
+                max_batch=_int(env, "LIMIT_MAX_BATCH", 8),
+                max_steps=_int(env, "LIMIT_MAX_STEPS", 150),
+                max_frames=_int(env, "LIMIT_MAX_FRAMES", 256),
+                max_input_bytes=_int(env, "MAX_INPUT_BYTES", 50_000_000),
+            ),
+        )
+
+    @property
+    def comfy_home(self) -> Path:
+        return self.build.comfy_home_for(self.version_id or "default")
