@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""Submit a ComfyUI job to a RunPod endpoint and save its outputs.
+
+    RUNPOD_API_KEY=... scripts/submit.py --endpoint ID --template sdxl_txt2img \\
+        --param prompt="a lighthouse at dawn" --param seed=-1 --out out/
+    scripts/submit.py --endpoint ID --workflow my_api_workflow.json --sync
+    scripts/submit.py --url http://127.0.0.1:8000 --template cpu_invert   # local --rp_serve_api worker
+
+Sends ``{"input": {"template", "params"}}`` or ``{"input": {"workflow"}}`` to
+``/run`` and follows ``/status/{id}`` (or ``/stream/{id}`` with ``--stream``), or
+waits on ``/runsync`` with ``--sync``.  Progress goes to stderr.  Outputs are
+saved under ``--out``: base64 payloads are decoded, http(s) URLs (GCS signed
+URLs) are downloaded.  A summary of the output, with files replaced by the
+paths they were saved to, is printed to stdout.
+
+``--param k=v``: ``v`` is read as JSON when it is a number, true/false or null
+(``steps=30``), else as text (``prompt=a cat``); ``k:=JSON`` forces JSON.
+``--image NAME=PATH`` uploads a local image as ``input.images[]``
+(``{"name", "image": base64}``) for params like ``image=NAME``.
+
+The API key comes only from ``RUNPOD_API_KEY``; it is never printed, and
+signed URLs are printed without their query string.
+Exit status: 0 done, 1 the job failed, 2 bad arguments, 3 network/HTTP error,
+4 timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+API_BASE = "https://api.runpod.ai/v2"
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+FAILED_STATES = FINAL_STATES - {"COMPLETED"}
+_BASE64_KEYS = ("data", "base64", "image", "b64")
+_NAME_KEYS = ("filename", "name", "file")
+_MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"GIF8", ".gif"), (b"RIFF", ".webp"),
+          (b"\x1aE\xdf\xa3", ".webm"))
+
+
+class SubmitError(Exception):
+    """One-line message for the user; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 3):
+        super().__init__(message)
+        self.code = code
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host/path`` without query or fragment (signed URL secrets live there)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "…" if parts.query else "", ""))
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    if ":=" in text and ("=" not in text or text.index(":=") < text.index("=")):
+        key, raw = text.split(":=", 1)
+        try:
+            return key.strip(), json.loads(raw)
+        except ValueError:
+            raise SubmitError(f"--param {key}:= needs JSON after ':=', got {raw!r}", 2) from None
+    if "=" not in text:
+        raise SubmitError(f"--param {text!r} must look like name=value", 2)
+    key, raw = text.split("=", 1)
+    if re.fullmatch(r"-?\d+(\.\d+)?([eE][-+]?\d+)?|true|false|null", raw.strip()):
+        return key.strip(), json.loads(raw.strip())
+    return key.strip(), raw
+
+
+def build_input(args: argparse.Namespace) -> dict[str, Any]:
+    job: dict[str, Any] = {}
+    if args.workflow:
+        try:
+            data = json.loads(Path(args.workflow).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise SubmitError(f"--workflow {args.workflow}: cannot read JSON: {err}", 2) from None
+        if isinstance(data, dict) and isinstance(data.get("input"), dict):
+            job.update(data["input"])  # a whole RunPod request body
+        elif isinstance(data, dict) and isinstance(data.get("workflow"), dict):
+            job.update(data)
+        elif isinstance(data, dict) and data and all(isinstance(n, dict) and "class_type" in n for n in data.values()):
+            job["workflow"] = data
+        else:
+            raise SubmitError(f"--workflow {args.workflow}: not an API-format workflow "
+                              "(export it with 'Save (API)' in ComfyUI)", 2)
+    else:
+        job["template"] = args.template
+        job["params"] = dict(parse_param(p) for p in args.param)
+    for spec in args.image:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SubmitError(f"--image {spec!r} must look like NAME=PATH", 2)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise SubmitError(f"--image {name}: cannot read {path}: {err.strerror}", 2) from None
+        job.setdefault("images", []).append({"name": name, "image": base64.b64encode(data).decode()})
+    return job
+
+
+def _ext_for(data: bytes) -> str:
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[4:8] == b"ftyp":
+        return ".mp4"
+    return ".bin"
+
+
+def _decode_base64(text: str) -> bytes | None:
+    if text.startswith("data:") and ";base64," in text[:100]:
+        text = text.split(",", 1)[1]
+    elif len(text) < 64 or len(text) % 4 or not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", text):
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+class OutputSaver:
+    """Walks a job output, saves every file in it, returns a printable summary."""
+
+    def __init__(self, out_dir: Path, *, timeout: float, log: Callable[[str], None]):
+        self.out_dir = out_dir
+        self.session = requests.Session()  # its own: the RunPod key must never reach a storage URL
+        self.timeout = timeout
+        self.log = log
+        self.saved: list[Path] = []
+
+    def _target(self, name: str | None, data_head: bytes) -> Path:
+        name = Path(name).name if name else ""
+        if not name or name in (".", ".."):
+            name = f"output_{len(self.saved) + 1}{_ext_for(data_head)}"
+        path, stem, suffix, n = self.out_dir / name, Path(name).stem, Path(name).suffix, 1
+        while path.exists() or path in self.saved:
+            path, n = self.out_dir / f"{stem}_{n}{suffix}", n + 1
+        return path
+
+    def _write(self, path: Path, chunks) -> int:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.incomplete")
+        size = 0
+        try:
+            with open(tmp, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                    size += len(chunk)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.saved.append(path)
+        return size
+
+    def save_bytes(self, name: str | None, data: bytes) -> Path:
+        path = self._target(name, data[:16])
+        self._write(path, [data])
+        self.log(f"saved {path} ({len(data)} bytes)")
+        return path
+
+    def download(self, name: str | None, url: str) -> Path:
+        shown = redact_url(url)
+        try:
+            with self.session.get(url, stream=True, timeout=self.timeout) as resp:
+                if resp.status_code != 200:
+                    raise SubmitError(f"download of {shown} failed: HTTP {resp.status_code}")
+                if not name:
+                    name = Path(urlsplit(url).path).name or None
+                chunks = resp.iter_content(1 << 16)
+                first = next(chunks, b"")
+                path = self._target(name, first[:16])
+                size = self._write(path, [first, *chunks])
+        except requests.RequestException as err:
+            raise SubmitError(f"download of {shown} failed: {type(err).__name__}") from None
+        self.log(f"saved {path} ({size} bytes) from {shown}")
+        return path
+
+    def walk(self, value: Any, name: str | None = None) -> Any:
+        if isinstance(value, dict):
+            own_name = next((value[k] for k in _NAME_KEYS if isinstance(value.get(k), str)), None)
+            out = {}
+            for key, item in value.items():
+                if isinstance(item, str) and key in ("url", "signed_url", "uri") and item.startswith(("http://", "https://")):
+                    out[key] = redact_url(item)
+                    out["saved"] = str(self.download(own_name, item))
+                elif isinstance(item, str) and key in _BASE64_KEYS and (data := _decode_base64(item)) is not None:
+                    out[key] = f"<{len(data)} bytes>"
+                    out["saved"] = str(self.save_bytes(own_name, data))
+                else:
+                    out[key] = self.walk(item)
+            return out
+        if isinstance(value, list):
+            return [self.walk(v) for v in value]
+        if isinstance(value, str) and value.startswith("data:") and (data := _decode_base64(value)) is not None:
+            return {"saved": str(self.save_bytes(name, data))}
+        if isinstance(value, str) and value.startswith(("http://", "https://")) and urlsplit(value).query:
+            return {"url": redact_url(value), "saved": str(self.download(name, value))}
+        return value
+
+
+# ----------------------------------------------------------------------------- API client
+
+
+class RunpodApi:
+    """The queue-endpoint API: /run, /runsync, /status/{id}, /stream/{id}, /cancel/{id}."""
+
+    def __init__(self, base: str, api_key: str | None, *, timeout: float = 60):
+        self.base = base.rstrip("/")
+        self.session = requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout = timeout
+        # RunPod serves GET /status and /stream; the local --rp_serve_api answers POST only.
+        self.poll_method = "GET"
+
+    def _call(self, method: str, path: str, *, body: Any = None, params: Mapping | None = None,
+              timeout: float | None = None) -> dict[str, Any]:
+        url = f"{self.base}{path}"
+        try:
+            resp = self.session.request(method, url, json=body, params=params, timeout=timeout or self.timeout)
+        except requests.RequestException as err:
+            raise SubmitError(f"{method} {redact_url(url)} failed: {type(err).__name__}") from None
+        if resp.status_code == 401:
+            raise SubmitError(f"{method} {redact_url(url)}: 401 unauthorized; check RUNPOD_API_KEY")
+        if resp.status_code >= 400:
+            snippet = " ".join(resp.text.split())[:200]
+            raise SubmitError(f"{method} {redact_url(url)}: HTTP {resp.status_code}: {snippet}")
+        try:
+            data = resp.json()
+        except ValueError:
+            raise SubmitError(f"{method} {redact_url(url)}: the answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise SubmitError(f"{method} {redact_url(url)}: unexpected answer {str(data)[:100]}")
+        return data
+
+    def run(self, job_input: dict) -> dict:
+        return self._call("POST", "/run", body={"input": job_input})
+
+    def runsync(self, job_input: dict, wait_s: float) -> dict:
+        wait_ms = int(min(max(wait_s, 1), 300) * 1000)
+        return self._call("POST", "/runsync", body={"input": job_input}, params={"wait": wait_ms},
+                          timeout=wait_s + 30)
+
+    def poll(self, kind: str, job_id: str) -> dict:
+        path = f"/{kind}/{job_id}"
+        if self.poll_method == "GET":
+            try:
+                return self._call("GET", path)
+            except SubmitError as err:
+                if "HTTP 405" not in str(err):
+                    raise
+                self.poll_method = "POST"
+        return self._call("POST", path)
+
+    def cancel(self, job_id: str) -> None:
+        try:
+            self._call("POST", f"/cancel/{job_id}", timeout=10)
+        except SubmitError:
+            pass
+
+
+def _describe(state: Mapping[str, Any]) -> str:
+    status = state.get("status", "?")
+    extra = state.get("output") if status == "IN_PROGRESS" else None
+    if extra is None and status == "IN_PROGRESS" and state.get("stream"):
+        extra = state["stream"][-1].get("output")
+    if extra is None:
+        return status
+    text = extra if isinstance(extra, str) else json.dumps(extra, separators=(",", ":"))
+    return f"{status} {text[:160]}"
+
+
+def wait_for_job(api: RunpodApi, job: dict, *, stream: bool, poll_s: float, deadline: float,
+                 log: Callable[[str], None]) -> dict:
+    """Follow a job to a final state; returns the final status dict (with ``output``)."""
+    job_id = job.get("id")
+    if not job_id:
+        raise SubmitError(f"the endpoint answered without a job id: {str(job)[:200]}")
+    start, last_shown, last_line = time.monotonic(), 0.0, None
+    state, chunks, kind = job, [], "stream" if stream else "status"
+    while True:
+        line = _describe(state)
+        now = time.monotonic()
+        if line != last_line or now - last_shown >= 10:
+            log(f"[{now - start:6.1f}s] {job_id}: {line}")
+            last_line, last_shown = line, now
+        if state.get("status") in FINAL_STATES:
+            break
+        if now >= deadline:
+            api.cancel(job_id)
+            raise SubmitError(f"job {job_id} still {state.get('status')} after {now - start:.0f} s; "
+                              "cancelled it (raise --timeout to wait longer)", 4)
+        time.sleep(poll_s)
+        state = api.poll(kind, job_id)
+        if kind == "stream":
+            if state.get("status") == "FAILED" and "Stream not supported" in str(state.get("error", "")):
+                log("the worker's handler does not stream; following /status instead")
+                kind, state = "status", api.poll("status", job_id)
+                continue
+            chunks.extend(c.get("output") for c in state.get("stream") or [] if isinstance(c, dict))
+    if kind == "stream" and state.get("status") == "COMPLETED" and "output" not in state:
+        if chunks:
+            state = {**state, "output": chunks[-1] if len(chunks) == 1 else chunks}
+        else:
+            state = api.poll("status", job_id)
+    return state
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="submit.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--endpoint", help="RunPod endpoint id")
+    p.add_argument("--url", help="base URL instead of the RunPod API, e.g. a local --rp_serve_api worker "
+                                 "at http://127.0.0.1:8000")
+    p.add_argument("--api-base", default=API_BASE, help=argparse.SUPPRESS)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--template", help="template name (see workflows/README.md)")
+    what.add_argument("--workflow", help="API-format workflow JSON file")
+    p.add_argument("--param", action="append", default=[], metavar="K=V", help="template param (repeatable)")
+    p.add_argument("--image", action="append", default=[], metavar="NAME=PATH", help="upload a local image")
+    p.add_argument("--out", default="outputs", help="folder for the outputs (default: outputs)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--sync", action="store_true", help="use /runsync")
+    mode.add_argument("--stream", action="store_true", help="follow /stream/{id} instead of /status/{id}")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the job (default 1800)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between status polls (default 1)")
+    return p
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    args = build_parser().parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    api_key = env.get("RUNPOD_API_KEY", "").strip() or None  # the only place the key is read
+    try:
+        if args.param and not args.template:
+            raise SubmitError("--param needs --template (a --workflow is sent as is)", 2)
+        if args.url:
+            base = args.url
+        elif args.endpoint:
+            base = f"{args.api_base.rstrip('/')}/{args.endpoint}"
+            if not api_key:
+                raise SubmitError("set RUNPOD_API_KEY to call a RunPod endpoint", 2)
+        else:
+            raise SubmitError("give --endpoint ID (RunPod) or --url URL (a local worker)", 2)
+        job_input = build_input(args)
+        # a local --rp_serve_api worker runs the job inside the /status or /runsync call
+        api = RunpodApi(base, api_key, timeout=args.timeout + 30)
+        deadline = time.monotonic() + args.timeout
+        if args.sync:
+            log(f"POST {redact_url(base)}/runsync")
+            job = api.runsync(job_input, args.timeout)
+        else:
+            job = api.run(job_input)
+            log(f"submitted job {job.get('id')} to {redact_url(base)}")
+        try:
+            final = wait_for_job(api, job, stream=args.stream, poll_s=args.poll, deadline=deadline, log=log)
+        except KeyboardInterrupt:
+            if job.get("id"):
+                api.cancel(job["id"])
+            raise SubmitError(f"interrupted; asked the endpoint to cancel job {job.get('id')}", 4) from None
+        if final.get("status") in FAILED_STATES:
+            error = final.get("error") or final.get("output") or "no error message"
+            if isinstance(error, str):
+                try:
+                    error = json.loads(error)
+                except ValueError:
+                    pass
+            print(json.dumps({"id": final.get("id"), "status": final["status"], "error": error}, indent=2))
+            log(f"job {final.get('id')} {final['status']}")
+            return 1
+        saver = OutputSaver(Path(args.out), timeout=120, log=log)
+        summary = saver.walk(final.get("output"))
+        print(json.dumps({"id": final.get("id"), "status": final.get("status"), "output": summary,
+                          "saved": [str(p) for p in saver.saved]}, indent=2))
+        return 0
+    except SubmitError as err:
+        log(f"error: {err}")
+        return err.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
