@@ -14,11 +14,14 @@ so custom nodes are covered too:
 
 Linked inputs (``["node", index]``) are skipped: their values exist only at run
 time.  ``check_input_bytes(name, size, limits)`` is the same check for an
-uploaded file.  A limit of 0 or less means "no limit".  Pure.
+uploaded file.  ``stricter_limits(limits, overrides)`` combines the env limits
+with a version's ``"limits"`` object (the stricter value wins).  A limit of 0
+or less means "no limit".  Pure.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import Any, Mapping
 
 from rp_handler.config import Limits
@@ -98,3 +101,24 @@ def check_input_bytes(name: str, size: int, limits: Limits) -> None:
             "send a smaller file or raise MAX_INPUT_BYTES",
             {"input": name, "size": size, "limit": limits.max_input_bytes},
         )
+
+
+def stricter_limits(limits: Limits, overrides: Mapping[str, Any] | None) -> Limits:
+    """``limits`` tightened by ``overrides`` (e.g. a version's ``{"max_steps": 50}``).
+
+    For each field the stricter positive value wins; 0 means "no limit".
+    Unknown names or non-integers raise ``ValueError`` naming them.
+    """
+    if not overrides:
+        return limits
+    known = {f.name for f in fields(Limits)}
+    changes = {}
+    for name, value in overrides.items():
+        if name not in known:
+            raise ValueError(f"unknown limit {name!r}; known limits: {', '.join(sorted(known))}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"limit {name!r} must be a whole number, got {value!r}")
+        current = getattr(limits, name)
+        if value > 0 and (current <= 0 or value < current):
+            changes[name] = value
+    return replace(limits, **changes)

@@ -97,3 +97,19 @@ def test_input_bytes():
     check_input_bytes("a.png", 1000, LIMITS)
     with pytest.raises(InputError, match=r"'a.png' is 1001 bytes, above the limit 1000 \(MAX_INPUT_BYTES\)"):
         check_input_bytes("a.png", 1001, LIMITS)
+
+
+def test_version_limits_tighten_env_limits():
+    from rp_handler.limits import stricter_limits
+
+    merged = stricter_limits(LIMITS, {"max_steps": 20, "max_batch": 16, "max_frames": 0})
+    assert (merged.max_steps, merged.max_batch, merged.max_frames) == (20, 4, 81)
+    unlimited = Limits(max_pixels=0, max_batch=0, max_steps=0, max_frames=0, max_input_bytes=0)
+    assert stricter_limits(unlimited, {"max_pixels": 100}).max_pixels == 100
+    assert stricter_limits(LIMITS, None) is LIMITS
+    with pytest.raises(ValueError, match="unknown limit 'max_stepz'"):
+        stricter_limits(LIMITS, {"max_stepz": 1})
+    with pytest.raises(ValueError, match="whole number"):
+        stricter_limits(LIMITS, {"max_steps": "10"})
+    with pytest.raises(InputError, match="steps=21"):
+        check_limits({"3": _node("KSampler", steps=21)}, merged)

@@ -211,3 +211,11 @@ def test_templates_from_another_directory(tmp_path):
     wf, used = expand_template("t", {"w": 32}, templates=templates)
     assert wf["1"]["inputs"]["width"] == wf["1"]["inputs"]["height"] == 32
     assert used == {"w": 32}
+
+
+def test_readme_lists_every_template_and_param(repo_root):
+    readme = (repo_root / "workflows" / "README.md").read_text()
+    for name, tpl in TEMPLATES.items():
+        assert f"## {name}" in readme
+        for pname in tpl.params:
+            assert f"`{pname}`" in readme.split(f"## {name}", 1)[1]
