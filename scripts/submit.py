@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import itertools
 import json
 import os
 import re
@@ -64,7 +65,8 @@ class SubmitError(Exception):
 def redact_url(url: str) -> str:
     """``scheme://host/path`` without query or fragment (signed URL secrets live there)."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "…" if parts.query else "", ""))
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -184,7 +186,7 @@ class OutputSaver:
                 chunks = resp.iter_content(1 << 16)
                 first = next(chunks, b"")
                 path = self._target(name, first[:16])
-                size = self._write(path, [first, *chunks])
+                size = self._write(path, itertools.chain([first], chunks))
         except requests.RequestException as err:
             raise SubmitError(f"download of {shown} failed: {type(err).__name__}") from None
         self.log(f"saved {path} ({size} bytes) from {shown}")

@@ -209,7 +209,7 @@ def test_parse_param_and_redact():
     assert submit.parse_param('prompt:="42"') == ("prompt", "42")
     assert submit.redact_url("https://storage.googleapis.com/b/o.png?X-Goog-Signature=abc#f") == \
         "https://storage.googleapis.com/b/o.png?…"
-    assert submit.redact_url("https://user:pw@host/p") == "https://host/p"
+    assert submit.redact_url("https://user:pw@host:8443/p") == "https://host:8443/p"
 
 
 HANDLER = textwrap.dedent('''
@@ -263,3 +263,14 @@ def test_against_real_runpod_local_api(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_expired_signed_url_is_reported_without_the_signature(httpserver, tmp_path, capsys):
+    httpserver.expect_request("/bucket/expired.png").respond_with_data("<Error>ExpiredToken</Error>", status=400)
+    url = httpserver.url_for("/bucket/expired.png") + "?X-Goog-Expires=1&" + SIGNATURE
+    FakeRunpod(httpserver, statuses=[], output={"images": [{"filename": "e.png", "type": "url", "url": url}]})
+    rc, out, err = _run(capsys, ["--api-base", httpserver.url_for("/v2"), "--endpoint", "ep-test",
+                                 "--template", "cpu_invert", "--out", str(tmp_path / "o"), "--poll", "0.01"])
+    assert rc == 3 and "/bucket/expired.png?… failed: HTTP 400" in err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+    _no_secrets(out, err)
