@@ -82,8 +82,9 @@ def check_limits(workflow: Mapping[str, Any], limits: Limits) -> None:
         _check_pixels(str(node_id), cls, inputs, limits.max_pixels)
         for name, value in inputs.items():
             if isinstance(value, str):
-                if 0 < limits.max_input_bytes < len(value):
-                    raise _too_big(str(node_id), cls, f"len({name})", len(value), limits.max_input_bytes, "MAX_INPUT_BYTES")
+                size = len(value) if value.isascii() else len(value.encode("utf-8"))
+                if 0 < limits.max_input_bytes < size:
+                    raise _too_big(str(node_id), cls, f"bytes({name})", size, limits.max_input_bytes, "MAX_INPUT_BYTES")
                 continue
             number = _number(value)
             if number is None:

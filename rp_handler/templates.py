@@ -266,8 +266,8 @@ def expand_template(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return ``(workflow, used_params)`` for template ``name`` with ``params`` applied.
 
-    ``used_params`` holds every param's final value (defaults included, random
-    seeds resolved).  ``rng`` picks values for ``random_if`` params (default: a
+    A param given as ``None`` takes its default.  ``used_params`` holds every
+    param's final value (defaults included, random seeds resolved).  ``rng`` picks values for ``random_if`` params (default: a
     fresh ``random.Random()``).  ``templates`` defaults to ``load_templates()``.
     """
     templates = load_templates() if templates is None else templates

@@ -52,7 +52,8 @@ def test_template_values_are_checked_after_expansion():
         (_node("SVD_img2vid_Conditioning", video_frames=100), "video_frames=100"),
         (_node("MyVideoNode", frame_count=82), "frame_count=82"),
         (_node("MyVideoNode", num_frames=200.0), "num_frames=200.0"),
-        (_node("LoadImageBase64", image="A" * 1001), "len(image)=1001"),
+        (_node("LoadImageBase64", image="A" * 1001), "bytes(image)=1001"),
+        (_node("CLIPTextEncode", text="é" * 501), "bytes(text)=1002"),
     ],
 )
 def test_raw_workflow_limits_found_by_input_name(node, needle):
