@@ -219,3 +219,40 @@ def test_readme_lists_every_template_and_param(repo_root):
         assert f"## {name}" in readme
         for pname in tpl.params:
             assert f"`{pname}`" in readme.split(f"## {name}", 1)[1]
+
+
+def _strategy(p):
+    from hypothesis import strategies as st
+
+    if p.choices is not None:
+        return st.sampled_from(p.choices)
+    if p.type == "int":
+        s = st.integers(min_value=int(p.min), max_value=int(p.max))
+        return s.map(lambda v: v - v % p.multiple_of if v - v % p.multiple_of >= p.min else v + (-v) % p.multiple_of) \
+            if p.multiple_of else s
+    if p.type == "float":
+        return st.floats(min_value=p.min, max_value=p.max, allow_nan=False)
+    if p.type == "string":
+        return st.text(max_size=50)
+    return st.sampled_from(["a.safetensors", "sub/b.png"])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_any_in_bounds_params_give_a_valid_workflow(name):
+    from hypothesis import given, settings, HealthCheck
+    from hypothesis import strategies as st
+
+    tpl = TEMPLATES[name]
+    strategy = st.fixed_dictionaries({}, optional={n: _strategy(p) for n, p in tpl.params.items()})
+
+    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(strategy)
+    def check(params):
+        params = {**_defaults(tpl), **params}
+        workflow, used = expand_template(name, params, rng=random.Random(0))
+        assert validate(workflow, skip_combo=_file_inputs(tpl)) == []
+        for k, v in params.items():
+            if not (tpl.params[k].random_if is not None and v == tpl.params[k].random_if):
+                assert used[k] == v
+
+    check()
