@@ -17,6 +17,9 @@ FROM ${UV_IMAGE} AS uv
 
 # ---------------------------------------------------------------------------------------
 # base: OS, the shared libraries ComfyUI and common custom nodes load, uv. No Python packages.
+# Python lives in /opt/python/current (a link to uv's install, made in deps); every uv and pip
+# install goes into it, not into a venv, so a venv made with --system-site-packages sees torch.
+# UV_PYTHON names it because `uv pip --system` alone may settle on another interpreter.
 FROM ${CUDA_IMAGE} AS base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \

@@ -16,18 +16,20 @@ set -euo pipefail
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; echo; }
 die_usage() { echo "build_docker.sh: $*" >&2; echo "run scripts/build_docker.sh --help for usage" >&2; exit 2; }
 
+need_value() { [ $# -ge 2 ] && [ "${2#--}" = "$2" ] || die_usage "$1 needs a value"; }
+
 cd "$(dirname "$0")/.."
 version="" tag="" mode="baked" platform="" push=0 dry_run=0
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --version) [ $# -ge 2 ] || die_usage "--version needs a value"; version="$2"; shift 2 ;;
+    --version) need_value "$@"; version="$2"; shift 2 ;;
     --version=*) version="${1#*=}"; shift ;;
-    --tag) [ $# -ge 2 ] || die_usage "--tag needs a value"; tag="$2"; shift 2 ;;
+    --tag) need_value "$@"; tag="$2"; shift 2 ;;
     --tag=*) tag="${1#*=}"; shift ;;
-    --mode) [ $# -ge 2 ] || die_usage "--mode needs a value"; mode="$2"; shift 2 ;;
+    --mode) need_value "$@"; mode="$2"; shift 2 ;;
     --mode=*) mode="${1#*=}"; shift ;;
-    --platform) [ $# -ge 2 ] || die_usage "--platform needs a value"; platform="$2"; shift 2 ;;
+    --platform) need_value "$@"; platform="$2"; shift 2 ;;
     --platform=*) platform="${1#*=}"; shift ;;
     --push) push=1; shift ;;
     --dry-run) dry_run=1; shift ;;
