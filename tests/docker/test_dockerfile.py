@@ -273,3 +273,43 @@ def test_torch_is_constrained_for_every_later_install(stages):
     assert base_env["UV_CONSTRAINT"] == base_env["PIP_CONSTRAINT"] == "/etc/comfy/constraints.txt"
     deps_runs = " ".join(i.body for i in stage_map(stages)["deps"].of("RUN"))
     assert "/etc/comfy/constraints.txt" in deps_runs and "torch==" in deps_runs
+
+
+def _module_level_imports(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in tree.body:  # module level only: imports inside functions are lazy
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_realize_stage_copies_every_package_the_builder_imports(stages):
+    """The realize stages copy builder/ but not the worker, so a worker change never re-realizes;
+    that holds only while the builder imports the worker lazily (inside functions)."""
+    by_name = stage_map(stages)
+    local = {p.name for p in REPO_ROOT.iterdir() if (p / "__init__.py").exists()}
+    for stage_name in REALIZE_STAGE.values():
+        copied = {i.body.split()[0].strip("/").split("/")[0] for i in by_name[stage_name].of("COPY")
+                  if not i.flag_values("from")}
+        for path in sorted((REPO_ROOT / "builder").rglob("*.py")) + [REPO_ROOT / "scripts" / "version.py"]:
+            if not path.exists():
+                continue
+            needed = _module_level_imports(path) & local
+            assert needed <= copied, (
+                f"{path.relative_to(REPO_ROOT)} imports {sorted(needed - copied)} at module level, which "
+                f"{stage_name} does not copy: import it inside the function that needs it, or COPY it"
+            )
+
+
+def test_every_top_level_package_reaches_the_image():
+    rules = dockerignore_rules()
+    not_shipped = {"tests", "bench"}
+    for pkg in sorted(p.name for p in REPO_ROOT.iterdir() if (p / "__init__.py").exists()):
+        if pkg in not_shipped:
+            continue
+        assert in_context(f"{pkg}/__init__.py", rules), f"package {pkg}/ is left out by .dockerignore"

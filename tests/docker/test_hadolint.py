@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,12 +17,11 @@ SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".pytest_cache"}
 
 def dockerfiles() -> list[Path]:
     found = []
-    for path in REPO_ROOT.rglob("*"):
-        if SKIP_DIRS & set(path.relative_to(REPO_ROOT).parts):
-            continue
-        if path.is_file() and (path.name == "Dockerfile" or path.name.startswith("Dockerfile.")
-                               or path.name.endswith(".Dockerfile")):
-            found.append(path)
+    for dirpath, dirnames, filenames in os.walk(REPO_ROOT):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        for name in filenames:
+            if name == "Dockerfile" or name.startswith("Dockerfile.") or name.endswith(".Dockerfile"):
+                found.append(Path(dirpath) / name)
     return sorted(found)
 
 
