@@ -313,3 +313,17 @@ def test_every_top_level_package_reaches_the_image():
         if pkg in not_shipped:
             continue
         assert in_context(f"{pkg}/__init__.py", rules), f"package {pkg}/ is left out by .dockerignore"
+
+
+def test_docs_describe_every_final_layer_and_build_arg(dockerfile):
+    global_ins, stages = dockerfile
+    doc = (REPO_ROOT / "docs" / "runpod.md").read_text()
+    by_name = stage_map(stages)
+    for mode in MODES:
+        assert f"**{mode}**" in doc, f"docs/runpod.md does not describe mode {mode}"
+        for ins in by_name[mode].of("COPY"):
+            dest = ins.body.split()[-1]
+            assert f"`{dest}`" in doc, f"docs/runpod.md's layer table does not mention {dest} ({mode})"
+    args = {i.body.split("=")[0] for s in stages for i in s.of("ARG")} | {i.body.split("=")[0] for i in global_ins}
+    for arg in sorted(args):
+        assert f"`{arg}`" in doc, f"build arg {arg} is not documented in docs/runpod.md"
