@@ -327,3 +327,41 @@ def test_docs_describe_every_final_layer_and_build_arg(dockerfile):
     args = {i.body.split("=")[0] for s in stages for i in s.of("ARG")} | {i.body.split("=")[0] for i in global_ins}
     for arg in sorted(args):
         assert f"`{arg}`" in doc, f"build arg {arg} is not documented in docs/runpod.md"
+
+
+@pytest.mark.parametrize("stage_name", sorted(REALIZE_STAGE.values()))
+def test_post_realize_check_runs_and_rejects_dangling_links(stages, stage_name, tmp_path):
+    """Run the RUN line that follows realize, with its paths moved under tmp_path."""
+    import os
+    import subprocess
+    import sys
+
+    stage = stage_map(stages)[stage_name]
+    runs = stage.of("RUN")
+    body = next(runs[i + 1] for i, r in enumerate(runs) if "scripts/version.py realize" in r.body).body
+    for path in ("/opt/python/current/lib", "/opt/comfy", "/opt/models", "/opt/cache"):
+        (tmp_path / path.strip("/")).mkdir(parents=True, exist_ok=True)
+        body = body.replace(path, str(tmp_path / path.strip("/")))
+    assert not re.search(r"(?<![\w/.-])/opt/", body), body
+    (tmp_path / "opt/comfy/main.py").write_text("print('comfy')\n")
+    (tmp_path / "opt/comfy/broken_node.py").write_text("def (:\n")  # a node with a syntax error
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(sys.executable)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def run():
+        return subprocess.run(["bash", "-o", "pipefail", "-c", body], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    ok = run()
+    assert ok.returncode == 0, ok.stderr
+    assert list((tmp_path / "opt/comfy/__pycache__").glob("main.*.pyc")), "compileall did not run"
+    (tmp_path / "opt/cache/store").mkdir()
+    (tmp_path / "opt/cache/store/blob").write_text("x")
+    os.symlink(tmp_path / "opt/cache/store/blob", tmp_path / "opt/comfy/model.safetensors")
+    assert run().returncode == 0, "a live link is fine"
+    (tmp_path / "opt/cache/store/blob").unlink()  # the cache mount is gone after the RUN
+    bad = run()
+    assert bad.returncode == 1
+    assert "model.safetensors" in bad.stderr and "dangle" in bad.stderr
