@@ -81,8 +81,8 @@ COPY . /app/
 RUN python3 -m compileall -q -j 0 --invalidation-mode checked-hash /app
 
 # ---------------------------------------------------------------------------------------
-# realize-*: `scripts/version.py realize` against cache mounts. Only the builder, the specs
-# and the shipped custom nodes are copied in, so a change to the worker does not re-realize.
+# realize-*: `scripts/version.py realize` against cache mounts. Only the builder and the specs
+# are copied in, so a change to the worker does not re-realize.
 # git objects, model blobs and uv/pip/Hugging Face downloads stay in cache mounts; the
 # realized files (checkouts, installed packages, model files) are copied out of them into
 # the layer by the builder itself (MODELS_DIR is outside every mount), and the check after
@@ -92,7 +92,6 @@ WORKDIR /app
 COPY builder/ /app/builder/
 COPY scripts/version.py /app/scripts/version.py
 COPY versions/ /app/versions/
-COPY comfy_nodes/ /app/comfy_nodes/
 ARG VERSION_ID
 ENV COMFY_HOME=/opt/comfy \
     MODELS_DIR=/opt/models \
@@ -119,20 +118,17 @@ WORKDIR /app
 COPY builder/ /app/builder/
 COPY scripts/version.py /app/scripts/version.py
 COPY versions/ /app/versions/
-COPY comfy_nodes/ /app/comfy_nodes/
-COPY docker/hybrid_spec.py /app/docker/hybrid_spec.py
 ARG VERSION_ID
+# MODELS_DIR is where the models will be at run time (the volume): realize writes
+# extra_model_paths.yaml pointing there and, with --skip-models, fetches nothing.
 ENV COMFY_HOME=/opt/comfy \
     MODELS_DIR=/runpod-volume/cache/runpod-comfy/models \
-    COMFY_CACHE_ROOT=/opt/cache \
-    VERSIONS_DIR=/opt/versions \
-    HF_HOME=/root/.cache/huggingface
+    COMFY_CACHE_ROOT=/opt/cache
 RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
     --mount=type=cache,id=comfy-pip,target=/root/.cache/pip,sharing=locked \
     --mount=type=cache,id=comfy-git,target=/opt/cache/git,sharing=locked \
-    python3 docker/hybrid_spec.py "${VERSION_ID:?build with --build-arg VERSION_ID=<id>}" \
-      --versions-dir /app/versions --out-dir /opt/versions \
- && python3 scripts/version.py realize "${VERSION_ID}" --target /opt/comfy
+    python3 scripts/version.py realize "${VERSION_ID:?build with --build-arg VERSION_ID=<id>}" \
+      --target /opt/comfy --skip-models
 RUN dangling="$(find /opt/comfy /opt/cache -xtype l)" \
  && if [ -n "$dangling" ]; then \
       printf 'realize left links into a cache mount; they would dangle in the image:\n%s\n' "$dangling" >&2; \
@@ -160,13 +156,13 @@ COPY --link --from=realize-hybrid /opt/python /opt/python
 COPY --link --from=realize-hybrid /etc/comfy /etc/comfy
 COPY --link --from=realize-hybrid /opt/comfy /opt/comfy
 COPY --link --from=realize-hybrid /opt/cache /opt/cache
-COPY --link --from=realize-hybrid /opt/versions /opt/versions
 COPY --link --from=app /app /app
+# The OnDemand hook of the NVMe cache runs inside ComfyUI as a custom node.
+COPY --link --from=app /app/comfy_nodes/nvme_cache /opt/comfy/custom_nodes/nvme_cache
 WORKDIR /app
 ENV COMFY_VERSION_ID=${VERSION_ID} \
     COMFY_HOME=/opt/comfy \
     COMFY_CACHE_ROOT=/opt/cache \
-    VERSIONS_DIR=/opt/versions \
     MODELS_DIR=/runpod-volume/cache/runpod-comfy/models \
     NVME_CACHE_DIR=/var/cache/comfy-nvme \
     UV_PYTHON_DOWNLOADS=never

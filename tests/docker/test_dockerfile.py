@@ -28,7 +28,7 @@ PENDING = {
     "scripts/version.py": "builder",
     "builder/cli.py": "builder",
     "versions": "builder",
-    "comfy_nodes": "cache",
+    "comfy_nodes/nvme_cache": "cache",
     "test_input.json": "worker",
     "rp_handler/__main__.py": "worker",
 }
@@ -102,16 +102,24 @@ def test_copy_sources_exist_and_survive_dockerignore(stages):
 
 def test_copy_from_names_a_stage_and_its_path_is_made_there(stages):
     names = {s.name for s in stages}
+    rules = dockerignore_rules()
+    from_app = []
     for stage in stages:
         for ins in stage.of("COPY"):
             for src_stage in ins.flag_values("from"):
                 assert src_stage in names, f"line {ins.line}: --from={src_stage} is not a stage"
+                src = ins.body.split()[0]
+                if src_stage == "app" and src != "/app":
+                    rel = src.removeprefix("/app/")
+                    assert in_context(rel + "/__init__.py", rules), f"line {ins.line}: {rel} is not in the context"
+                    from_app.append(rel)
+    _missing(from_app)
 
 
 def test_context_needs_of_the_image_are_in_context_and_tests_are_not():
     rules = dockerignore_rules()
     for rel in ("rp_handler/config.py", "builder/config.py", "scripts/version.py", "versions/x.json",
-                "test_input.json", "requirements/runtime.lock", "docker/hybrid_spec.py"):
+                "test_input.json", "requirements/runtime.lock", "workflows/sdxl_txt2img.json"):
         assert in_context(rel, rules), f"{rel} must reach the build context"
     for rel in ("tests/conftest.py", ".git/HEAD", ".venv/bin/python", "docs/runpod.md", "bench/x.py",
                 "rp_handler/__pycache__/config.cpython-311.pyc", "volume/builds/x", "scripts/test.sh"):
@@ -155,9 +163,15 @@ def test_realize_runs_exactly_the_builder_cli(stages):
         args = words[words.index("realize") + 1:]
         assert args[0].startswith("${VERSION_ID")
         options = args[1:]
-        allowed = {"--target", "--offline", "--wheels-dir", "--dry-run"}
-        assert {o for o in options if o.startswith("--")} <= allowed, options
+        flags = {o for o in options if o.startswith("--")}
+        allowed = {"--target", "--offline", "--wheels-dir", "--dry-run", "--skip-models"}
+        assert flags <= allowed, options
         assert options[options.index("--target") + 1] == env["COMFY_HOME"], "--target must equal COMFY_HOME"
+        assert ("--skip-models" in flags) == (mode == "hybrid"), "only hybrid leaves the models out"
+        cli = REPO_ROOT / "builder" / "cli.py"
+        if cli.exists():
+            for flag in flags:
+                assert f'"{flag}"' in cli.read_text(), f"builder/cli.py has no realize option {flag}"
 
 
 def _under(path: str, root: str) -> bool:
@@ -196,12 +210,11 @@ def test_final_stage_paths_match_the_stage_that_realized_them(stages):
         final = effective_env(by_name[mode], stages)
         for name in ("COMFY_HOME", "MODELS_DIR", "COMFY_CACHE_ROOT", "VERSIONS_DIR"):
             assert final.get(name) == built.get(name), f"{mode}: {name} differs from {stage_name}"
+        assert "VERSIONS_DIR" not in final, "the image's specs are /app/versions, the ones realize used"
         copied = {i.body.split()[0] for i in by_name[mode].of("COPY") if i.flag_values("from") == [stage_name]}
         needed = {built["COMFY_HOME"], built["COMFY_CACHE_ROOT"], "/opt/python"}
         if mode == "baked":
             needed.add(built["MODELS_DIR"])
-        if "VERSIONS_DIR" in built:
-            needed.add(built["VERSIONS_DIR"])
         assert needed <= copied, f"{mode} does not copy {needed - copied} from {stage_name}"
         assert final["COMFY_VERSION_ID"] == "${VERSION_ID}"
     volume = effective_env(by_name["volume"], stages)
