@@ -35,6 +35,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     UV_CONSTRAINT=/etc/comfy/constraints.txt \
     PIP_CONSTRAINT=/etc/comfy/constraints.txt \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
 # Ubuntu package versions are not pinned: the CUDA base tag fixes the Ubuntu release and

@@ -34,8 +34,7 @@ PENDING = {
 }
 # Variables the image sets for tools, not for the project (docs/runpod.md lists them).
 TOOL_ENV = {
-    "DEBIAN_FRONTEND", "LANG", "PATH", "PYTHONUNBUFFERED", "PIP_CONSTRAINT", "PIP_DISABLE_PIP_VERSION_CHECK",
-    "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "HF_HOME",
+    "DEBIAN_FRONTEND", "LANG", "PATH", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "HF_HOME",
 }
 SECRET_WORDS = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY", re.I)
 PROJECT_NAMES = {var.name for var in ALL_ENV}
@@ -273,7 +272,7 @@ def parse_pairs(ins) -> dict[str, str]:
 
 
 def test_image_env_names_are_documented_project_vars_or_tool_vars(stages):
-    tool_prefixes = ("UV_",)
+    tool_prefixes = ("UV_", "PIP_")
     for stage in stages:
         for name in stage.env():
             if name in PROJECT_NAMES or name in TOOL_ENV or name.startswith(tool_prefixes):
