@@ -106,7 +106,9 @@ RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
     --mount=type=secret,id=hf_token,env=HF_TOKEN \
     --mount=type=secret,id=civitai_token,env=CIVITAI_TOKEN \
     python3 scripts/version.py realize "${VERSION_ID:?build with --build-arg VERSION_ID=<id>}" --target /opt/comfy
-RUN dangling="$(find /opt/comfy /opt/models /opt/cache -xtype l)" \
+# /opt/models may not exist for a spec without models; the final stage copies it regardless.
+RUN mkdir -p /opt/models \
+ && dangling="$(find /opt/comfy /opt/models /opt/cache -xtype l)" \
  && if [ -n "$dangling" ]; then \
       printf 'realize left links into a cache mount; they would dangle in the image:\n%s\n' "$dangling" >&2; \
       exit 1; \
