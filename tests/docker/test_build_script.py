@@ -6,10 +6,12 @@ versions/), and with --dry-run it must never need docker: PATH holds no docker b
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -130,3 +132,73 @@ def test_every_mode_the_script_accepts_is_a_dockerfile_stage():
 
     names = {s.name for s in load()[1]}
     assert {"baked", "hybrid", "volume"} <= names
+
+
+# --- a real run against a stand-in docker CLI ----------------------------------------------
+FAKE_DOCKER = r'''#!{python}
+"""Stand-in for the docker CLI: logs each call, answers the few queries build_docker.sh makes."""
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
+    log.write(json.dumps({{"argv": args, "hf": os.environ.get("HF_TOKEN")}}) + "\n")
+if args[:2] == ["buildx", "build"]:
+    sys.exit(int(os.environ.get("FAKE_DOCKER_BUILD_RC", "0")))
+if args[:2] == ["image", "inspect"]:
+    print(7 * 1024 ** 3 + 512 * 1024 ** 2)
+    sys.exit(0)
+if args[:3] == ["buildx", "imagetools", "inspect"]:
+    ref = args[-1]
+    if "@sha256:" in ref:
+        print(json.dumps({{"layers": [{{"size": 1024 ** 3}}, {{"size": 2 * 1024 ** 3}}]}}))
+    else:
+        print(json.dumps({{"manifests": [
+            {{"digest": "sha256:att", "platform": {{"os": "unknown", "architecture": "unknown"}}}},
+            {{"digest": "sha256:amd", "platform": {{"os": "linux", "architecture": "amd64"}}}}]}}))
+    sys.exit(0)
+sys.exit(f"fake docker: unexpected {{args}}")
+'''
+
+
+@pytest.fixture
+def fake_docker(tmp_path):
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    exe = bindir / "docker"
+    exe.write_text(FAKE_DOCKER.format(python=sys.executable))
+    exe.chmod(0o755)
+    (bindir / "python3").symlink_to(sys.executable)
+    log = tmp_path / "docker.log"
+    return {"PATH": f"{bindir}:/usr/bin:/bin", "FAKE_DOCKER_LOG": str(log)}, log
+
+
+def calls(log) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_build_then_prints_the_local_image_size(tree, fake_docker):
+    env, log = fake_docker
+    proc = run(tree, "--version", "demo", "--tag", "t:1", env_extra={**env, "HF_TOKEN": HF_VALUE})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "image t:1: 7.50 GiB uncompressed"
+    build, inspect = calls(log)
+    assert build["argv"][:2] == ["buildx", "build"] and "--load" in build["argv"]
+    assert build["hf"] == HF_VALUE, "buildx reads the secret from its environment"
+    assert inspect["argv"] == ["image", "inspect", "--format", "{{.Size}}", "t:1"]
+    assert HF_VALUE not in proc.stdout + proc.stderr
+
+
+def test_push_prints_the_compressed_size_of_the_real_platform_manifest(tree, fake_docker):
+    env, log = fake_docker
+    proc = run(tree, "--version", "demo", "--tag", "reg.example:5000/team/comfy:v1", "--push", env_extra=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "image reg.example:5000/team/comfy:v1 pushed: 3.00 GiB compressed"
+    refs = [c["argv"][-1] for c in calls(log) if c["argv"][:2] == ["buildx", "imagetools"]]
+    assert refs == ["reg.example:5000/team/comfy:v1", "reg.example:5000/team/comfy@sha256:amd"]
+
+
+def test_a_failed_build_fails_the_script_and_prints_no_size(tree, fake_docker):
+    env, log = fake_docker
+    proc = run(tree, "--version", "demo", "--tag", "t:1", env_extra={**env, "FAKE_DOCKER_BUILD_RC": "17"})
+    assert proc.returncode == 17
+    assert "image t:1" not in proc.stdout
+    assert [c["argv"][:2] for c in calls(log)] == [["buildx", "build"]]
