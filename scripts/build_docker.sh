@@ -55,6 +55,9 @@ if [ -n "$version" ]; then
     exit 1
   fi
 fi
+case "$platform" in
+  *,*) [ "$push" = 1 ] || die_usage "--platform '$platform' names several platforms: add --push (a local engine loads one platform)" ;;
+esac
 [ -n "$tag" ] || tag="runpod-comfy:${version:-worker}-${mode}"
 
 cmd=(docker buildx build --file Dockerfile --target "$mode" --tag "$tag")

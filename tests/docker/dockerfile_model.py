@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,17 +154,3 @@ def in_context(rel: str, rules: list[tuple[bool, str]]) -> bool:
         if _pattern_matches(pattern, rel):
             excluded = exclude
     return not excluded
-
-
-def context_files(root: Path = REPO_ROOT) -> list[str]:
-    """Files git knows of (tracked or not ignored) that .dockerignore lets into the context."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=root, check=True, capture_output=True, text=True,
-    ).stdout.splitlines()
-    rules = dockerignore_rules(root)
-    return sorted(rel for rel in listed if (root / rel).is_file() and in_context(rel, rules))
-
-
-def matches_glob(rel: str, glob: str) -> bool:
-    return fnmatch.fnmatchcase(rel, glob)

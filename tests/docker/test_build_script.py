@@ -30,12 +30,23 @@ def tree(tmp_path):
     shutil.copy2(SCRIPT, root / "scripts" / "build_docker.sh")
     shutil.copy2(REPO_ROOT / "Dockerfile", root / "Dockerfile")
     (root / "versions" / "demo.json").write_text('{"schema_version": 2, "version_id": "demo"}\n')
+    toolbin = tmp_path / "toolbin"  # no docker here, whatever the machine has
+    toolbin.mkdir()
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        assert found, f"{tool} is needed to run build_docker.sh"
+        (toolbin / tool).symlink_to(found)
     return root
 
 
+TOOLS = ("bash", "dirname", "sed")  # all build_docker.sh needs besides docker (and python3 for sizes)
+
+
 def run(tree, *args, env_extra=None):
-    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"]}
-    env.update(env_extra or {})
+    """Run the script with a PATH of only the tools it uses (plus a fake docker when given)."""
+    toolbin = tree.parent / "toolbin"
+    env = {"HOME": os.environ["HOME"], **(env_extra or {})}
+    env["PATH"] = f"{env['PATH']}:{toolbin}" if "PATH" in env else str(toolbin)
     return subprocess.run(["bash", str(tree / "scripts" / "build_docker.sh"), *args],
                           capture_output=True, text=True, env=env, timeout=30)
 
@@ -92,6 +103,11 @@ def test_platform_push_and_extra_args(tree):
     assert argv[-1] == "."
 
 
+def test_several_platforms_with_push(tree):
+    argv = dry(tree, "--version", "demo", "--platform", "linux/amd64,linux/arm64", "--push")
+    assert option(argv, "--platform") == ["linux/amd64,linux/arm64"] and "--push" in argv
+
+
 def test_volume_mode_needs_no_version(tree):
     argv = dry(tree, "--mode", "volume", "--tag", "w:1")
     assert option(argv, "--target") == ["volume"]
@@ -106,6 +122,7 @@ def test_volume_mode_needs_no_version(tree):
     (["--version", "demo", "--bogus"], 2, "unknown argument '--bogus'"),
     (["--version"], 2, "--version needs a value"),
     (["--version", "demo", "--tag", "--push"], 2, "--tag needs a value"),
+    (["--version", "demo", "--platform", "linux/amd64,linux/arm64"], 2, "names several platforms: add --push"),
 ])
 def test_bad_arguments_give_one_clear_line_and_run_nothing(tree, args, code, needle):
     proc = run(tree, "--dry-run", *args)
@@ -168,7 +185,7 @@ def fake_docker(tmp_path):
     exe.chmod(0o755)
     (bindir / "python3").symlink_to(sys.executable)
     log = tmp_path / "docker.log"
-    return {"PATH": f"{bindir}:/usr/bin:/bin", "FAKE_DOCKER_LOG": str(log)}, log
+    return {"PATH": str(bindir), "FAKE_DOCKER_LOG": str(log)}, log
 
 
 def calls(log) -> list[dict]:
