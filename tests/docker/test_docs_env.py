@@ -14,7 +14,7 @@ from tests.docker.dockerfile_model import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "runpod.md"
 CONFIG_MODULES = {"builder/config.py", "rp_handler/config.py"}
-SOURCE_DIRS = ("builder", "rp_handler", "scripts", "comfy_nodes", "docker")
+SOURCE_DIRS = ("builder", "rp_handler", "scripts", "comfy_nodes")
 # Reads of the environment outside the config modules, each with its reason: {("path", "NAME"): why}.
 # Keep this empty unless there is no other way; docs/runpod.md names each entry.
 EXCEPTIONS: dict[tuple[str, str], str] = {}
