@@ -1,0 +1,188 @@
+# syntax=docker/dockerfile:1.10
+# RunPod serverless worker for ComfyUI. Three final stages, chosen with --target
+# (scripts/build_docker.sh --mode does it):
+#   baked  (default)  ComfyUI, custom nodes and models realized into the image
+#   hybrid            ComfyUI and nodes in the image; models on the network volume, NVMe-cached
+#   volume            only the worker; the version is realized on /runpod-volume from a Pod
+# Layers and sizes: docs/runpod.md. Base images are pinned by tag; pin by digest for
+# production (docs/runpod.md, "Pinning").
+#
+# Secrets: --secret id=hf_token,env=HF_TOKEN --secret id=civitai_token,env=CIVITAI_TOKEN.
+# They exist only as environment variables of the one RUN that realizes the version.
+
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+
+FROM ${UV_IMAGE} AS uv
+
+# ---------------------------------------------------------------------------------------
+# base: OS, the shared libraries ComfyUI and common custom nodes load, uv. No Python packages.
+# Python lives in /opt/python/current (a link to uv's install, made in deps); every uv and pip
+# install goes into it, not into a venv, so a venv made with --system-site-packages sees torch.
+# UV_PYTHON names it because `uv pip --system` alone may settle on another interpreter.
+FROM ${CUDA_IMAGE} AS base
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/python/current/bin:$PATH \
+    UV_PYTHON_INSTALL_DIR=/opt/python \
+    UV_PYTHON=/opt/python/current/bin/python3 \
+    UV_SYSTEM_PYTHON=1 \
+    UV_BREAK_SYSTEM_PACKAGES=1 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_CONSTRAINT=/etc/comfy/constraints.txt \
+    PIP_CONSTRAINT=/etc/comfy/constraints.txt \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
+# Ubuntu package versions are not pinned: the CUDA base tag fixes the Ubuntu release and
+# its archive only keeps the latest security build, so exact pins break rebuilds.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      ca-certificates git git-lfs ffmpeg libgl1 libglib2.0-0 libsm6 libxext6 libxrender1 \
+      libgomp1 procps tini \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=uv /uv /uvx /usr/local/bin/
+
+# ---------------------------------------------------------------------------------------
+# deps: Python, torch for CUDA and the worker's pinned requirements, all into /opt/python.
+FROM base AS deps
+# Compilers for custom-node requirements that build from source; never in a final stage.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+ARG PYTHON_VERSION=3.11
+ARG TORCH_VERSION=2.8.0
+ARG TORCHVISION_VERSION=0.23.0
+ARG TORCHAUDIO_VERSION=2.8.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
+    uv python install "${PYTHON_VERSION}" \
+ && ln -sfn "$(dirname "$(dirname "$(uv python find "${PYTHON_VERSION}")")")" /opt/python/current \
+ && mkdir -p /etc/comfy \
+ && printf 'torch==%s\ntorchvision==%s\ntorchaudio==%s\n' \
+      "${TORCH_VERSION}" "${TORCHVISION_VERSION}" "${TORCHAUDIO_VERSION}" > /etc/comfy/constraints.txt \
+ && uv pip install --index-url "${TORCH_INDEX_URL}" \
+      "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" "torchaudio==${TORCHAUDIO_VERSION}"
+COPY requirements/runtime.lock /tmp/runtime.lock
+RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
+    uv pip install -r /tmp/runtime.lock \
+ && rm /tmp/runtime.lock
+
+# ---------------------------------------------------------------------------------------
+# app: the worker's own code, compiled. .dockerignore keeps tests, docs and caches out.
+FROM deps AS app
+WORKDIR /app
+COPY . /app/
+RUN python3 -m compileall -q -j 0 --invalidation-mode checked-hash /app
+
+# ---------------------------------------------------------------------------------------
+# realize-*: `scripts/version.py realize` against cache mounts. Only the builder and the specs
+# are copied in, so a change to the worker does not re-realize.
+# git objects, model blobs and uv/pip/Hugging Face downloads stay in cache mounts; the
+# realized files (checkouts, installed packages, model files) are copied out of them into
+# the layer by the builder itself (MODELS_DIR is outside every mount), and the check after
+# realize fails the build if anything in the layer is a link into a mount.
+FROM deps AS realize-baked
+WORKDIR /app
+COPY builder/ /app/builder/
+COPY scripts/version.py /app/scripts/version.py
+COPY versions/ /app/versions/
+ARG VERSION_ID
+ENV COMFY_HOME=/opt/comfy \
+    MODELS_DIR=/opt/models \
+    COMFY_CACHE_ROOT=/opt/cache \
+    HF_HOME=/root/.cache/huggingface
+RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
+    --mount=type=cache,id=comfy-pip,target=/root/.cache/pip,sharing=locked \
+    --mount=type=cache,id=comfy-hf,target=/root/.cache/huggingface,sharing=locked \
+    --mount=type=cache,id=comfy-git,target=/opt/cache/git,sharing=locked \
+    --mount=type=cache,id=comfy-store,target=/opt/cache/store,sharing=locked \
+    --mount=type=secret,id=hf_token,env=HF_TOKEN \
+    --mount=type=secret,id=civitai_token,env=CIVITAI_TOKEN \
+    python3 scripts/version.py realize "${VERSION_ID:?build with --build-arg VERSION_ID=<id>}" --target /opt/comfy
+# /opt/models may not exist for a spec without models; the final stage copies it regardless.
+RUN mkdir -p /opt/models \
+ && dangling="$(find /opt/comfy /opt/models /opt/cache -xtype l)" \
+ && if [ -n "$dangling" ]; then \
+      printf 'realize left links into a cache mount; they would dangle in the image:\n%s\n' "$dangling" >&2; \
+      exit 1; \
+    fi \
+ && { python3 -m compileall -q -j 0 --invalidation-mode checked-hash /opt/comfy /opt/python/current/lib \
+      || echo "compileall: some files have syntax errors and stay uncompiled"; }
+
+FROM deps AS realize-hybrid
+WORKDIR /app
+COPY builder/ /app/builder/
+COPY scripts/version.py /app/scripts/version.py
+COPY versions/ /app/versions/
+ARG VERSION_ID
+# MODELS_DIR is where the models will be at run time (the volume): realize writes
+# extra_model_paths.yaml pointing there and, with --skip-models, fetches nothing.
+ENV COMFY_HOME=/opt/comfy \
+    MODELS_DIR=/runpod-volume/cache/runpod-comfy/models \
+    COMFY_CACHE_ROOT=/opt/cache
+RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
+    --mount=type=cache,id=comfy-pip,target=/root/.cache/pip,sharing=locked \
+    --mount=type=cache,id=comfy-git,target=/opt/cache/git,sharing=locked \
+    python3 scripts/version.py realize "${VERSION_ID:?build with --build-arg VERSION_ID=<id>}" \
+      --target /opt/comfy --skip-models
+RUN dangling="$(find /opt/comfy /opt/cache -xtype l)" \
+ && if [ -n "$dangling" ]; then \
+      printf 'realize left links into a cache mount; they would dangle in the image:\n%s\n' "$dangling" >&2; \
+      exit 1; \
+    fi \
+ && { python3 -m compileall -q -j 0 --invalidation-mode checked-hash /opt/comfy /opt/python/current/lib \
+      || echo "compileall: some files have syntax errors and stay uncompiled"; }
+
+# ---------------------------------------------------------------------------------------
+# Final stages: base + copied trees only (no compilers, no caches, no build context).
+# `docker run --gpus all IMAGE` runs /app/test_input.json once and exits with its status.
+FROM base AS volume
+ARG VERSION_ID=""
+COPY --link --from=deps /opt/python /opt/python
+COPY --link --from=deps /etc/comfy /etc/comfy
+COPY --link --from=app /app /app
+WORKDIR /app
+ENV COMFY_VERSION_ID=${VERSION_ID} \
+    UV_PYTHON_DOWNLOADS=never
+ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-m", "rp_handler"]
+
+FROM base AS hybrid
+ARG VERSION_ID
+COPY --link --from=realize-hybrid /opt/python /opt/python
+COPY --link --from=realize-hybrid /etc/comfy /etc/comfy
+COPY --link --from=realize-hybrid /opt/comfy /opt/comfy
+COPY --link --from=realize-hybrid /opt/cache /opt/cache
+COPY --link --from=app /app /app
+# The OnDemand hook of the NVMe cache runs inside ComfyUI as a custom node.
+COPY --link --from=app /app/comfy_nodes/nvme_cache /opt/comfy/custom_nodes/nvme_cache
+WORKDIR /app
+ENV COMFY_VERSION_ID=${VERSION_ID} \
+    COMFY_HOME=/opt/comfy \
+    COMFY_CACHE_ROOT=/opt/cache \
+    MODELS_DIR=/runpod-volume/cache/runpod-comfy/models \
+    NVME_CACHE_DIR=/var/cache/comfy-nvme \
+    UV_PYTHON_DOWNLOADS=never
+ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-m", "rp_handler"]
+
+FROM base AS baked
+ARG VERSION_ID
+COPY --link --from=realize-baked /opt/python /opt/python
+COPY --link --from=realize-baked /etc/comfy /etc/comfy
+COPY --link --from=realize-baked /opt/models /opt/models
+COPY --link --from=realize-baked /opt/comfy /opt/comfy
+COPY --link --from=realize-baked /opt/cache /opt/cache
+COPY --link --from=app /app /app
+WORKDIR /app
+ENV COMFY_VERSION_ID=${VERSION_ID} \
+    COMFY_HOME=/opt/comfy \
+    COMFY_CACHE_ROOT=/opt/cache \
+    MODELS_DIR=/opt/models \
+    UV_PYTHON_DOWNLOADS=never
+ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-m", "rp_handler"]
