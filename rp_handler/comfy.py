@@ -139,6 +139,9 @@ class ComfyClient:
         try:
             ws = websocket.create_connection(url, timeout=self.http_timeout, skip_utf8_validation=True,
                                              enable_multithread=True)
+        except websocket.WebSocketBadStatusException as exc:
+            raise errors.ComfyProtocolError(f"ComfyUI refused the websocket at {self.base_url}/ws: {exc}",
+                                            {"url": self.base_url}) from exc
         except (OSError, websocket.WebSocketException) as exc:
             raise errors.ComfyDied(f"cannot open ComfyUI websocket at {self.base_url}/ws: {exc}",
                                    {"url": self.base_url}) from exc

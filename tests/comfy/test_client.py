@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -300,3 +301,43 @@ def test_misc_calls(fake, client):
     assert client.history(str(uuid.uuid4())) == {}
     client.interrupt()
     assert run(client, wf_color(91)).status["completed"]
+
+
+def test_rejected_websocket_and_fault_endpoint(fake):
+    import requests
+
+    r = requests.post(fake.url + "/__fake__/faults", json={"reject_ws": True}, timeout=5)
+    assert r.json() == {"reject_ws": True}
+    with pytest.raises(errors.ComfyProtocolError, match="refused the websocket"):
+        ComfyClient(fake.url).connect()
+    requests.post(fake.url + "/__fake__/faults", json={}, timeout=5)
+    with ComfyClient(fake.url) as c:
+        assert run(c, wf_color(95)).status["completed"]
+
+
+def test_unreachable_comfy_raises_comfy_died():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = ComfyClient(f"http://127.0.0.1:{port}")
+    with pytest.raises(errors.ComfyDied):
+        c.connect()
+    with pytest.raises(errors.ComfyDied):
+        c.system_stats()
+
+
+def test_subprocess_boot_delay_and_defaults(tmp_path, monkeypatch):
+    home = tmp_path / "ComfyUI"
+    monkeypatch.setenv("FAKE_COMFY_BOOT_DELAY_S", "0.2")
+    proc, url = _start_subprocess_fake(home, "{}")
+    try:
+        (home / "models" / "checkpoints").mkdir(parents=True)
+        (home / "models" / "checkpoints" / "tiny.safetensors").write_bytes(b"x")
+        with ComfyClient(url) as c:
+            combo = c.object_info()["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+            assert combo == ["tiny.safetensors"]
+            out = run(c, wf_color(96, "sub/x")).outputs["2"]["images"][0]
+            assert (home / "output" / "sub" / out["filename"]).is_file()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
