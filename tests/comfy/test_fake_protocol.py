@@ -409,3 +409,31 @@ def test_extra_model_paths_yaml(tmp_path):
         wf = transcript("15_extra_model_paths")["workflow"]
         rec, pid = _run(fake, wf)
         assert "execution_success" in rec.types()
+
+
+def test_model_resolution_follows_yaml_order(tmp_path):
+    """A file present in two yaml entries is loaded from the first (the NVMe cache comes first)."""
+    from tests.comfy.conftest import write_safetensors
+    from tests.fakes.comfyui.server import FakeComfyServer
+
+    cache, volume = tmp_path / "cache", tmp_path / "volume"
+    write_safetensors(cache / "upscale_models" / "m.safetensors", ["body.0.weight"])
+    write_safetensors(volume / "upscale_models" / "m.safetensors", ["not_a_model"])
+    write_safetensors(volume / "upscale_models" / "only_volume.safetensors", ["body.0.weight"])
+    yml = tmp_path / "extra_model_paths.yaml"
+    yml.write_text(f"cache:\n  base_path: {cache}\n  upscale_models: upscale_models\n"
+                   f"volume:\n  base_path: {volume}\n  upscale_models: upscale_models\n")
+    wf = transcript("15_extra_model_paths")["workflow"]
+    with FakeComfyServer(tmp_path / "comfy", extra_model_paths=[yml]) as fake:
+        assert requests.get(fake.url + "/api/models/upscale_models", timeout=5).json() == \
+            ["m.safetensors", "only_volume.safetensors"]
+        for name in ("m.safetensors", "only_volume.safetensors"):
+            rec, _ = _run(fake, dict(wf, **{"2": {"class_type": "UpscaleModelLoader",
+                                                  "inputs": {"model_name": name}}}))
+            assert "execution_success" in rec.types(), name
+    yml.write_text(f"volume:\n  base_path: {volume}\n  upscale_models: upscale_models\n"
+                   f"cache:\n  base_path: {cache}\n  upscale_models: upscale_models\n")
+    with FakeComfyServer(tmp_path / "comfy2", extra_model_paths=[yml]) as fake:
+        rec, _ = _run(fake, dict(wf, **{"2": {"class_type": "UpscaleModelLoader",
+                                              "inputs": {"model_name": "m.safetensors"}}}))
+        assert "execution_error" in rec.types()
