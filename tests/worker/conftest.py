@@ -63,3 +63,47 @@ def gcs_bucket(gcs_emulator, request):
     if not bucket.exists():
         client.create_bucket(name)
     return client, name
+
+
+FAKE_DIR = Path(__file__).resolve().parents[1] / "fakes" / "comfyui"
+
+
+@pytest.fixture
+def fake_home(tmp_path) -> Path:
+    """A copy of the fake ComfyUI at tmp/ComfyUI, so its main.py is spawned like a real checkout."""
+    import shutil
+
+    home = tmp_path / "ComfyUI"
+    shutil.copytree(FAKE_DIR, home, ignore=shutil.ignore_patterns("__pycache__", "input", "output", "temp", "user"))
+    return home
+
+
+TINY_COMFY = '''
+import http.server, os, sys, time
+args = sys.argv[1:]
+port = int(args[args.index("--port") + 1])
+print("tiny comfy argv:", " ".join(args), flush=True)
+mode = os.environ.get("TINY_MODE", "ok")
+if mode == "crash":
+    print("Traceback: ImportError: no module named torch", flush=True)
+    sys.exit(3)
+if mode == "silent":
+    time.sleep(60)
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body = b'{"system": {}}'
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+print(f"To see the GUI go to: http://127.0.0.1:{port}", flush=True)
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+'''
+
+
+@pytest.fixture
+def tiny_home(tmp_path) -> Path:
+    """A throwaway 'ComfyUI': main.py that serves /system_stats (TINY_MODE=crash|silent to misbehave)."""
+    home = tmp_path / "tiny"
+    home.mkdir()
+    (home / "main.py").write_text(TINY_COMFY)
+    return home
