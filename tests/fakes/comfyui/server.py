@@ -594,6 +594,8 @@ class FakeComfy:
             if node["class_type"] in ("LoadImage", "LoadImageMask"):
                 p = self.input_dir / str(node["inputs"].get("image", ""))
                 extra = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else uuid.uuid4().hex
+            elif node["class_type"] == "SaveImageWebsocket":
+                extra = time.time()  # its IS_CHANGED returns the time: never cached
             blob = json.dumps([node["class_type"], parts, extra], sort_keys=True, default=str)
             sigs[nid] = hashlib.sha256(blob.encode()).hexdigest()
             return sigs[nid]
@@ -722,7 +724,11 @@ class FakeComfy:
         await self._fault_points(class_type)
         inputs: dict[str, Any] = {}
         for k, v in prompt[nid]["inputs"].items():
-            inputs[k] = values[v[0]][v[1]] if _is_link(v) else v
+            if _is_link(v):
+                src = values[v[0]] if v[0] in values else self.cache[sigs[v[0]]][0]
+                inputs[k] = src[v[1]]
+            else:
+                inputs[k] = v
 
         async def progress(value: int, max_: int, preview: bytes | None) -> None:
             if self.interrupted:

@@ -56,6 +56,7 @@ class _Validator:
             val = inputs[x]
             type_input = info[0] if isinstance(info, list) and info else info
             extra = info[1] if isinstance(info, list) and len(info) > 1 and isinstance(info[1], dict) else {}
+            info = [type_input, extra]  # ComfyUI reports input_config as (type, extra_info)
             if isinstance(val, list):
                 if len(val) != 2:
                     errors.append({"type": "bad_linked_input",

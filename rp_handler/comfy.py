@@ -1,0 +1,554 @@
+"""ComfyUI client: one keep-alive HTTP connection and one websocket, reused across jobs.
+
+Protocol facts (tests/data/protocol/README.md): the socket must be connected before POST /prompt,
+frames may arrive before the POST answer (buffered here by prompt_id), a prompt ends with the final
+``executing {node: null}`` for its id, history is written before that frame, and a reconnect with the
+same clientId must close the old socket first (transcript 11). Workflows go to ``/prompt`` only:
+``/queue`` answers 200 to a workflow and runs nothing (seed 001).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import orjson
+import websocket
+
+from rp_handler import errors
+from rp_handler.events import (
+    BinaryPreview,
+    Event,
+    Executed,
+    Executing,
+    ExecutionError,
+    ExecutionInterrupted,
+    ExecutionStart,
+    ExecutionSuccess,
+    parse_frame,
+)
+
+log = logging.getLogger(__name__)
+
+_STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, BrokenPipeError,
+          ConnectionResetError, ConnectionAbortedError)
+_MAX_BUFFERED_PROMPTS = 64
+_OOM_MARKERS = ("OutOfMemoryError", "out of memory", "Allocation on device")
+
+
+@dataclass
+class PromptResult:
+    prompt_id: str
+    outputs: dict  # history "outputs": {node_id: {"images": [{filename, subfolder, type}], ...}}
+    status: dict
+    node_errors: dict
+    events: list[Event]
+    started_at: float | None = None  # time.monotonic() of execution_start
+    finished_at: float | None = None  # time.monotonic() of the final executing(node=None)
+    from_history: bool = field(default=False)  # completion learnt from /history (socket lost)
+
+
+class _Http:
+    """A keep-alive http.client connection; one retry when a reused connection was stale."""
+
+    def __init__(self, host: str, port: int, timeout: float):
+        self.host, self.port, self.timeout = host, port, timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, *, idempotent: bool = True,
+                timeout: float | None = None) -> tuple[int, bytes]:
+        with self._lock:
+            for attempt in (0, 1):
+                reused = self._conn is not None
+                conn = self._conn or http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self._conn = None
+                if timeout is not None:
+                    conn.timeout = timeout
+                    if conn.sock is not None:
+                        conn.sock.settimeout(timeout)
+                try:
+                    conn.request(method, path, body=body, headers=headers or {})
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except _STALE:
+                    conn.close()
+                    if reused and attempt == 0 and idempotent:
+                        continue
+                    raise
+                except BaseException:
+                    conn.close()
+                    raise
+                if timeout is not None and conn.sock is not None:
+                    conn.sock.settimeout(self.timeout)
+                if resp.will_close:
+                    conn.close()
+                else:
+                    self._conn = conn
+                return resp.status, data
+        raise AssertionError("unreachable")
+
+
+class ComfyClient:
+    """Talks to one ComfyUI. Not for concurrent jobs: one wait() at a time."""
+
+    def __init__(self, base_url: str, *, client_id: str | None = None, http_timeout: float = 30,
+                 alive: Callable[[], bool] | None = None, died_grace_s: float = 1.0,
+                 history_poll_s: float = 5.0):
+        parsed = urllib.parse.urlsplit(base_url.rstrip("/"))
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise ValueError(f"ComfyUI base_url must be http://host:port, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.host, self.port = parsed.hostname, parsed.port or 80
+        self.client_id = client_id or uuid.uuid4().hex
+        self.http_timeout = http_timeout
+        self.alive = alive  # e.g. ComfyProcess.alive: False → ComfyDied at once
+        self.died_grace_s = died_grace_s
+        self.history_poll_s = history_poll_s
+        self.partial_node_errors: dict[str, dict] = {}
+        self._http = _Http(self.host, self.port, http_timeout)
+        self._ws: websocket.WebSocket | None = None
+        self._reader: threading.Thread | None = None
+        self._cv = threading.Condition()
+        self._buffers: OrderedDict[str, list[Event]] = OrderedDict()
+        self._ws_dead = True
+        self._ws_error: str | None = None
+        self._current_prompt: str | None = None  # for legacy previews without prompt_id
+        self.reconnects = 0
+
+    # ------------------------------------------------------------------ websocket
+    def connect(self) -> None:
+        """Open ``/ws?clientId=...`` and start the reader thread (closing any old socket first)."""
+        self._close_ws()
+        url = f"ws://{self.host}:{self.port}/ws?clientId={self.client_id}"
+        try:
+            ws = websocket.create_connection(url, timeout=self.http_timeout, skip_utf8_validation=True,
+                                             enable_multithread=True)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise errors.ComfyDied(f"cannot open ComfyUI websocket at {self.base_url}/ws: {exc}",
+                                   {"url": self.base_url}) from exc
+        ws.settimeout(None)
+        ws.send(orjson.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}).decode())
+        with self._cv:
+            self._ws, self._ws_dead, self._ws_error = ws, False, None
+        self._reader = threading.Thread(target=self._read_loop, args=(ws,), name="comfy-ws-reader",
+                                        daemon=True)
+        self._reader.start()
+        log.debug("websocket connected as %s", self.client_id)
+
+    def _read_loop(self, ws: websocket.WebSocket) -> None:
+        error = "closed"
+        try:
+            while True:
+                opcode, data = ws.recv_data()
+                if opcode == websocket.ABNF.OPCODE_TEXT:
+                    ev = parse_frame(data, binary=False)
+                elif opcode == websocket.ABNF.OPCODE_BINARY:
+                    ev = parse_frame(data)
+                elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+                else:
+                    continue
+                self._dispatch(ev)
+        except Exception as exc:  # noqa: BLE001 - any socket error ends the reader
+            error = f"{type(exc).__name__}: {exc}"
+        with self._cv:
+            if self._ws is ws:
+                self._ws_dead = True
+                self._ws_error = error
+            self._cv.notify_all()
+
+    def _dispatch(self, ev: Event) -> None:
+        pid = ev.prompt_id
+        if pid is None and isinstance(ev, BinaryPreview):
+            pid = self._current_prompt
+        if pid is None:
+            return
+        with self._cv:
+            buf = self._buffers.get(pid)
+            if buf is None:
+                buf = self._buffers[pid] = []
+                while len(self._buffers) > _MAX_BUFFERED_PROMPTS:
+                    self._buffers.popitem(last=False)
+            buf.append(ev)
+            if isinstance(ev, Executing) and ev.node is not None:
+                self._current_prompt = pid
+            self._cv.notify_all()
+
+    def _close_ws(self) -> None:
+        """Close the socket and wait for the reader: the server must drop the old clientId
+        registration before a new socket registers it (transcript 11, run b)."""
+        with self._cv:
+            ws, reader = self._ws, self._reader
+            self._ws, self._reader, self._ws_dead = None, None, True
+        if ws is None:
+            return
+        try:
+            if ws.connected:
+                ws.send_close()
+        except Exception:  # noqa: BLE001 - already broken
+            pass
+        if reader is not None:
+            reader.join(2.0)
+        try:
+            ws.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+        if reader is not None and reader.is_alive():
+            reader.join(1.0)
+
+    def close(self) -> None:
+        self._close_ws()
+        self._http.close()
+
+    def __enter__(self) -> "ComfyClient":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ HTTP
+    def _request(self, method: str, path: str, body: Any = None, *, idempotent: bool = True,
+                 raw: bytes | None = None, headers: dict[str, str] | None = None,
+                 timeout: float | None = None) -> tuple[int, bytes]:
+        hdrs = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = orjson.dumps(body)
+            hdrs["Content-Type"] = "application/json"
+        try:
+            return self._http.request(method, path, data, hdrs, idempotent=idempotent, timeout=timeout)
+        except (ConnectionRefusedError, *_STALE) as exc:
+            raise errors.ComfyDied(f"ComfyUI at {self.base_url} is unreachable ({method} {path}): {exc}",
+                                   {"url": self.base_url}) from exc
+        except (socket.timeout, TimeoutError) as exc:
+            raise errors.ComfyProtocolError(f"ComfyUI did not answer {method} {path} within "
+                                            f"{timeout or self.http_timeout:g} s", {"path": path}) from exc
+        except OSError as exc:
+            raise errors.ComfyDied(f"ComfyUI at {self.base_url} failed ({method} {path}): {exc}",
+                                   {"url": self.base_url}) from exc
+
+    def _json(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        status, data = self._request(method, path, body, **kw)
+        if status != 200:
+            raise errors.ComfyProtocolError(f"ComfyUI answered {status} to {method} {path}",
+                                            {"status": status, "path": path, "body": data[:500].decode("utf-8", "replace")})
+        return orjson.loads(data) if data else None
+
+    def system_stats(self) -> dict:
+        return self._json("GET", "/system_stats")
+
+    def object_info(self) -> dict:
+        return self._json("GET", "/object_info")
+
+    def history(self, prompt_id: str) -> dict:
+        """The history entry of ``prompt_id`` (``{}`` while unknown or pending)."""
+        data = self._json("GET", "/history/" + urllib.parse.quote(prompt_id, safe=""))
+        return (data or {}).get(prompt_id, {}) if isinstance(data, dict) else {}
+
+    def view(self, filename: str, subfolder: str, type_: str) -> bytes:
+        q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type_})
+        status, data = self._request("GET", "/view?" + q)
+        if status != 200:
+            raise errors.OutputError(f"ComfyUI /view answered {status} for {type_}/{subfolder}/{filename}",
+                                     {"filename": filename, "subfolder": subfolder, "type": type_,
+                                      "status": status})
+        return data
+
+    def upload_image(self, name: str, data: bytes, *, subfolder: str = "", overwrite: bool = True) -> dict:
+        boundary = uuid.uuid4().hex
+        parts = []
+        fields = {"overwrite": "true" if overwrite else "false", "type": "input"}
+        if subfolder:
+            fields["subfolder"] = subfolder
+        for k, v in fields.items():
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
+        safe = name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{safe}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        status, body = self._request("POST", "/upload/image", raw=b"".join(parts),
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        if status != 200:
+            raise errors.InputError(f"ComfyUI refused the upload of {name!r} (HTTP {status})",
+                                    {"name": name, "status": status})
+        return orjson.loads(body)
+
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+
+    def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
+        self._request("POST", "/free", {"unload_models": unload_models, "free_memory": free_memory})
+
+    def delete_history(self, prompt_ids: list[str]) -> None:
+        if prompt_ids:
+            self._request("POST", "/history", {"delete": list(prompt_ids)})
+
+    def delete_queued(self, prompt_ids: list[str]) -> None:
+        """Remove pending (not running) prompts from ComfyUI's queue."""
+        if prompt_ids:
+            self._request("POST", "/queue", {"delete": list(prompt_ids)})
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, workflow: dict, *, prompt_id: str | None = None) -> str:
+        """POST /prompt (the only route that queues work); returns the prompt id."""
+        if self._ws_dead:
+            self.connect()
+        prompt_id = prompt_id or str(uuid.uuid4())
+        with self._cv:
+            self._buffers.setdefault(prompt_id, [])
+        body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
+        try:
+            status, data = self._request("POST", "/prompt", body, idempotent=False)
+        except errors.ComfyDied:
+            # A stale keep-alive connection fails before the server reads the request: retry once,
+            # unless ComfyUI did get it (never queue a workflow twice).
+            if self._known(prompt_id):
+                return prompt_id
+            status, data = self._request("POST", "/prompt", body, idempotent=False)
+        if status == 200:
+            answer = orjson.loads(data)
+            node_errors = answer.get("node_errors") or {}
+            if node_errors:
+                self.partial_node_errors[prompt_id] = node_errors
+                log.warning("prompt %s queued, but some outputs are invalid and will not run: %s",
+                            prompt_id, _summarize_node_errors(node_errors))
+            return str(answer.get("prompt_id") or prompt_id)
+        with self._cv:
+            self._buffers.pop(prompt_id, None)
+        if status == 400:
+            try:
+                answer = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                answer = {}
+            error = answer.get("error") or {}
+            node_errors = answer.get("node_errors") or {}
+            msg = error.get("message") if isinstance(error, dict) else str(error)
+            summary = _summarize_node_errors(node_errors)
+            details = error.get("details") if isinstance(error, dict) else ""
+            text = f"ComfyUI rejected the workflow: {msg or 'invalid prompt'}"
+            if summary:
+                text += f": {summary}"
+            elif details:
+                text += f" ({details})"
+            raise errors.PromptRejected(text, {"error": error, "node_errors": node_errors})
+        if status == 500:
+            raise errors.PromptRejected(
+                "ComfyUI could not read the workflow (HTTP 500): it must be an API-format object "
+                "{node_id: {class_type, inputs}} (export it with 'Save (API)')", {"status": 500})
+        raise errors.ComfyProtocolError(f"ComfyUI answered {status} to POST /prompt",
+                                        {"status": status, "body": data[:500].decode("utf-8", "replace")})
+
+    def _known(self, prompt_id: str) -> bool:
+        try:
+            if self.history(prompt_id):
+                return True
+            q = self._json("GET", "/queue")
+            return any(item[1] == prompt_id for key in ("queue_running", "queue_pending")
+                       for item in (q or {}).get(key, []))
+        except errors.WorkerError:
+            return False
+
+    # ------------------------------------------------------------------ wait
+    def _take(self, prompt_id: str, timeout: float) -> list[Event]:
+        """Events buffered for ``prompt_id``; blocks up to ``timeout`` when there are none."""
+        with self._cv:
+            buf = self._buffers.get(prompt_id)
+            if not buf and not self._ws_dead and timeout > 0:
+                self._cv.wait(timeout)
+                buf = self._buffers.get(prompt_id)
+            if buf:
+                self._buffers[prompt_id] = []
+                return buf
+            return []
+
+    def _check_alive(self) -> None:
+        if self.alive is not None and not self.alive():
+            raise errors.ComfyDied("ComfyUI process exited during the job", {"url": self.base_url})
+
+    def _reconnect(self, prompt_id: str, deadline: float) -> None:
+        """Close the old socket first, then open a new one; ComfyDied when ComfyUI is gone."""
+        self.reconnects += 1
+        log.warning("websocket to ComfyUI lost (%s) while waiting for %s; reconnecting",
+                    self._ws_error, prompt_id)
+        self._close_ws()
+        give_up = min(deadline, time.monotonic() + self.died_grace_s)
+        delay = 0.02
+        while True:
+            self._check_alive()
+            try:
+                self.connect()
+                return
+            except errors.ComfyDied:
+                if time.monotonic() + delay > give_up:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def wait(self, prompt_id: str, *, deadline: float,
+             on_event: Callable[[Event], None] | None = None) -> PromptResult:
+        """Wait for the final ``executing(node=None)`` of ``prompt_id`` (``deadline`` is monotonic)."""
+        events: list[Event] = []
+        started = finished = None
+        failure: Event | None = None
+        t0 = time.monotonic()
+        next_log = t0 + 30
+        poll_every = self.history_poll_s
+        next_poll = t0 + poll_every
+        entry: dict = {}
+        done = False
+        while not done:
+            now = time.monotonic()
+            if now >= deadline:
+                self._on_deadline(prompt_id, deadline)
+            if self._ws_dead:
+                self._reconnect(prompt_id, deadline)
+                entry = self.history(prompt_id)
+                if _finished(entry):
+                    done = True
+                    break
+                poll_every = 0.25  # the socket may miss the rest (same-clientId gotcha): poll too
+                next_poll = time.monotonic() + poll_every
+            batch = self._take(prompt_id, min(deadline, next_poll, next_log) - time.monotonic())
+            for ev in batch:
+                events.append(ev)
+                if isinstance(ev, ExecutionStart):
+                    started = time.monotonic()
+                elif isinstance(ev, (ExecutionError, ExecutionInterrupted)):
+                    failure = ev
+                if on_event is not None:
+                    on_event(ev)
+                if isinstance(ev, Executing) and ev.node is None:
+                    finished = time.monotonic()
+                    done = True
+                    break
+            if done:
+                break
+            now = time.monotonic()
+            if not batch:
+                self._check_alive()
+            if now >= next_log:
+                log.info("still waiting for ComfyUI prompt %s after %.0f s (%d events so far)",
+                         prompt_id, now - t0, len(events))
+                next_log = now + 30
+            if now >= next_poll:
+                entry = self.history(prompt_id)  # also detects a dead ComfyUI (ComfyDied)
+                if _finished(entry):
+                    log.warning("prompt %s finished without its final websocket frame; using /history",
+                                prompt_id)
+                    done = True
+                    break
+                poll_every = min(poll_every * 2, self.history_poll_s)
+                next_poll = now + poll_every
+        finished = finished or time.monotonic()
+        with self._cv:
+            self._buffers.pop(prompt_id, None)
+        from_history = bool(entry)
+        if not entry:
+            entry = self._history_after_completion(prompt_id, deadline)
+        if not entry:
+            log.warning("history of prompt %s is still empty after completion; using websocket outputs",
+                        prompt_id)
+        result = PromptResult(
+            prompt_id=prompt_id,
+            outputs=entry.get("outputs") if entry else _outputs_from_events(events),
+            status=entry.get("status", {}) if entry else {
+                "status_str": "error" if failure else "success", "completed": failure is None,
+                "messages": []},
+            node_errors=self.partial_node_errors.pop(prompt_id, {}),
+            events=events, started_at=started, finished_at=finished, from_history=from_history,
+        )
+        if failure is None and entry:
+            failure = _failure_from_history(prompt_id, entry)
+        if failure is not None:
+            raise _failure_error(prompt_id, failure)
+        return result
+
+    def _history_after_completion(self, prompt_id: str, deadline: float) -> dict:
+        """History is written before the final frame; retry briefly in case of a race."""
+        entry = self.history(prompt_id)
+        delay = 0.005
+        stop = min(deadline, time.monotonic() + 10)
+        while not entry and time.monotonic() + delay < stop:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            entry = self.history(prompt_id)
+        return entry
+
+    def _on_deadline(self, prompt_id: str, deadline: float) -> None:
+        log.warning("prompt %s passed its deadline; interrupting it", prompt_id)
+        try:
+            self.interrupt(prompt_id)
+            self.delete_queued([prompt_id])
+        except errors.WorkerError as exc:
+            log.warning("could not interrupt prompt %s: %s", prompt_id, exc)
+        with self._cv:
+            self._buffers.pop(prompt_id, None)
+        raise errors.ComfyTimeout(f"ComfyUI prompt {prompt_id} did not finish before the job deadline; "
+                                  "it was interrupted", {"prompt_id": prompt_id})
+
+
+def _finished(entry: dict) -> bool:
+    """ComfyUI writes a history entry only when the prompt is done."""
+    return bool(entry)
+
+
+def _outputs_from_events(events: list[Event]) -> dict:
+    out: dict = {}
+    for ev in events:
+        if isinstance(ev, Executed) and ev.node is not None and ev.output:
+            out[ev.node] = ev.output
+    return out
+
+
+def _failure_from_history(prompt_id: str, entry: dict) -> Event | None:
+    status = entry.get("status") or {}
+    if status.get("status_str") != "error":
+        return None
+    for kind, data in reversed(status.get("messages") or []):
+        if kind == "execution_error":
+            return ExecutionError(prompt_id=prompt_id, data=data)
+        if kind == "execution_interrupted":
+            return ExecutionInterrupted(prompt_id=prompt_id, data=data)
+    return ExecutionError(prompt_id=prompt_id, data={"exception_message": "ComfyUI reported an error",
+                                                     "exception_type": ""})
+
+
+def _failure_error(prompt_id: str, ev: Event) -> errors.WorkerError:
+    if isinstance(ev, ExecutionInterrupted):
+        return errors.Interrupted(
+            f"ComfyUI prompt {prompt_id} was interrupted at node {ev.node_id} ({ev.node_type})",
+            {"prompt_id": prompt_id, "node_id": ev.node_id, "node_type": ev.node_type})
+    assert isinstance(ev, ExecutionError)
+    details = {"prompt_id": prompt_id, "node_id": ev.node_id, "node_type": ev.node_type,
+               "exception_type": ev.exception_type, "exception_message": ev.exception_message}
+    text = (f"node {ev.node_id} ({ev.node_type}) failed: {ev.exception_type}: "
+            f"{ev.exception_message}").rstrip(": ")
+    is_oom = any(m in ev.exception_type or m in ev.exception_message for m in _OOM_MARKERS)
+    return (errors.OutOfMemory if is_oom else errors.ExecutionFailed)(errors.one_line(text), details)
+
+
+def _summarize_node_errors(node_errors: dict) -> str:
+    parts = []
+    for node_id, info in (node_errors or {}).items():
+        for err in (info or {}).get("errors", []):
+            detail = err.get("details")
+            parts.append(f"node {node_id} ({info.get('class_type')}): {err.get('message')}"
+                         + (f": {detail}" if detail else ""))
+    return "; ".join(parts)
