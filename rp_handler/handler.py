@@ -10,6 +10,7 @@ import contextvars
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from typing import Any, Callable
 
 from rp_handler import errors
 from rp_handler.config import WorkerConfig
-from rp_handler.inputs import cleanup_job, rewrite_workflow, stage_images
+from rp_handler.events import Executed, Executing, ExecutionCached, Progress
+from rp_handler.inputs import cleanup_job, job_subfolder, rewrite_workflow, stage_images
 from rp_handler.job import Action, Job, parse_job
 from rp_handler.outputs import OutputCollector, OutputFile, local_path, make_sink
 from rp_handler.process import ComfyDirs, Supervisor
@@ -108,7 +110,7 @@ def handle(job: dict, ctx: WorkerContext) -> dict:
         status = "ok"
         return result
     except errors.WorkerError as err:
-        _attach_comfy_state(err, ctx)
+        _attach_comfy_state(err, ctx, getattr(err, "comfy_generation", None))
         log.error("job %s failed: %s", job_id, err)
         return _error_payload(err, ctx, timer)
     except Exception as err:  # never crash the worker loop
@@ -129,27 +131,38 @@ def _error_payload(err: BaseException, ctx: WorkerContext, timer: JobTimer) -> d
     return payload
 
 
-def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext) -> None:
+def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation: int | None) -> None:
     """A job that lost ComfyUI says why: exit code and the last lines of its log."""
     sup = ctx.supervisor
-    if sup is None or not isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError, errors.ComfyTimeout)):
+    if sup is None or generation is None or not isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)):
         return
-    rc = sup.proc.wait_exit(timeout=3.0) if isinstance(err, errors.ComfyDied) else sup.proc.returncode
-    if rc is not None or not sup.proc.alive:
-        tail = sup.proc.log_tail(20)
-        err.details.setdefault("comfy_exit_code", rc)
-        err.details.setdefault("log_tail", tail)
-        if isinstance(err, errors.ComfyDied) and tail and "exit" not in str(err):
-            err.args = (f"{err} (ComfyUI exited with code {rc}: {errors.one_line(tail[-1], 200)})",)
+    death = sup.death_of(generation, timeout=3.0)
+    if death is None:
+        return
+    rc, tail = death
+    err.details.setdefault("comfy_exit_code", rc)
+    err.details.setdefault("log_tail", tail[-20:])
+    last = next((line for line in reversed(tail) if line.strip()), "")
+    err.args = (f"{err} (ComfyUI exited with code {rc}; last log line: {errors.one_line(last, 200)})",)
 
 
 def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
     cfg = ctx.cfg
     generation = ctx.supervisor.ensure_ready(cfg.boot_timeout_s) if ctx.supervisor is not None else 0
+    try:
+        return _run_on(generation, job, raw_job, ctx, timer)
+    except errors.WorkerError as err:
+        err.comfy_generation = generation  # type: ignore[attr-defined]
+        raise
+
+
+def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
+    cfg = ctx.cfg
     client = ctx.client(generation)
     sink = make_sink(job.output, cfg, job.id)
-    image_map = stage_images(job.images, ctx.dirs.input, job.id, cfg)
-    workflow = rewrite_workflow(job.workflow, image_map, job.id)
+    sub = job_subfolder(job.id, os.urandom(3).hex())
+    image_map = stage_images(job.images, ctx.dirs.input, sub, cfg)
+    workflow = rewrite_workflow(job.workflow, image_map, sub)
 
     sender = None
     if ctx.progress_sender is not None:
@@ -160,6 +173,7 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
 
     def on_uploaded() -> None:
         uploaded[0] += 1
+        timer.mark("first_output_uploaded", first=True)
         timer.mark("last_output_uploaded")
         progress.uploading(uploaded[0])
 
@@ -191,7 +205,7 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
         raise
     finally:
         progress.close()
-        cleanup_job(job.id, input_dir=ctx.dirs.input, output_dir=ctx.dirs.output, extra_files=collector.temp_files)
+        cleanup_job(sub, input_dir=ctx.dirs.input, output_dir=ctx.dirs.output, extra_files=collector.temp_files)
         if prompt_id:
             _forget_history(ctx, client, prompt_id)
         _maybe_free(ctx, client)
@@ -209,10 +223,10 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
     if node_errors:
         payload["node_errors"] = node_errors  # partially valid prompt: only the valid outputs ran
     timer.mark("result_returned")
-    timings: dict[str, Any] = timer.durations()
+    timings: dict[str, Any] = {**timer.durations(), "phases": timer.phases.snapshot()}
     if not ctx.cold_reported:
         ctx.cold_reported = True
-        timings["cold_start"] = {**COLD.snapshot(), **{f"job_{k}": v for k, v in timer.phases.snapshot().items()}}
+        timings["cold_start"] = {**COLD.snapshot(), **timer.phases.snapshot()}
     payload["timings"] = timings
     return payload
 
@@ -221,18 +235,17 @@ def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, c
     """The client's ``on_event``: outputs ship on ``executed``, progress on ``executing``/``progress``."""
 
     def on_event(ev: Any) -> None:
-        name = type(ev).__name__
-        if name == "Executed":
-            collector.add(str(ev.node), ev.output)
-        elif name == "Executing":
-            node = getattr(ev, "node", None)
-            if node is not None:
+        if isinstance(ev, Executed):
+            if ev.node is not None:
+                collector.add(str(ev.node), ev.output)
+        elif isinstance(ev, Executing):
+            if ev.node is not None:
                 timer.mark("first_node_executing", first=True)
-                progress.node_started(str(node), (workflow.get(str(node)) or {}).get("class_type"))
-        elif name == "Progress":
-            progress.step(getattr(ev, "node", None), ev.value, ev.max)
-        elif name == "ExecutionCached":
-            progress.cached(len(getattr(ev, "nodes", None) or []))
+                progress.node_started(str(ev.node), (workflow.get(str(ev.node)) or {}).get("class_type"))
+        elif isinstance(ev, Progress):
+            progress.step(ev.node, ev.value, ev.max)
+        elif isinstance(ev, ExecutionCached):
+            progress.cached(len(ev.nodes or ()))
 
     return on_event
 

@@ -37,8 +37,19 @@ def job_key(job_id: str) -> str:
     return safe
 
 
-def job_subfolder(job_id: str) -> str:
-    return f"{JOBS_SUBDIR}/{job_key(job_id)}"
+def job_subfolder(job_id: str, attempt: str = "") -> str:
+    """``jobs/<key>[-<attempt>]``: a fresh attempt token makes a retried job's prompt differ from the last."""
+    return f"{JOBS_SUBDIR}/{job_key(job_id)}{'-' + attempt if attempt else ''}"
+
+
+# Output nodes that write temp files and have no filename_prefix: given a per-attempt hidden input so a
+# cached replay never points at a file an earlier job already removed (ComfyUI ignores unknown inputs
+# when calling the node, but they are part of its cache key).
+CACHE_BUST_INPUT = "_rp_handler_attempt"
+
+
+def _writes_preview(class_type: str) -> bool:
+    return class_type.startswith("Preview") or class_type.endswith("Preview")
 
 
 def safe_url(url: str) -> str:
@@ -132,10 +143,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def stage_images(images: Iterable[ImageInput], input_dir: Path, job_id: str, cfg: WorkerConfig,
+def stage_images(images: Iterable[ImageInput], input_dir: Path, sub: str, cfg: WorkerConfig,
                  *, resolver: Resolver = resolve) -> dict[str, str]:
-    """Write the job's images under ``input/jobs/<key>/``; return {name: value for LoadImage}."""
-    sub = job_subfolder(job_id)
+    """Write the job's images under ``input/<sub>/``; return {name: value for LoadImage}."""
     mapping: dict[str, str] = {}
     for i, img in enumerate(images):
         data = img.data if img.data is not None else fetch_url(img.url or "", cfg, where=f"images[{i}].image",
@@ -145,9 +155,9 @@ def stage_images(images: Iterable[ImageInput], input_dir: Path, job_id: str, cfg
     return mapping
 
 
-def rewrite_workflow(workflow: dict[str, Any], image_map: dict[str, str], job_id: str) -> dict[str, Any]:
-    """Pure: point image inputs at the staged files and every ``filename_prefix`` into the job's folder."""
-    sub = job_subfolder(job_id)
+def rewrite_workflow(workflow: dict[str, Any], image_map: dict[str, str], sub: str) -> dict[str, Any]:
+    """Pure: point image inputs at the staged files, every ``filename_prefix`` into the job's folder,
+    and give preview nodes the attempt's cache-busting input."""
     out: dict[str, Any] = {}
     for node_id, node in workflow.items():
         inputs = dict(node.get("inputs") or {})
@@ -158,13 +168,14 @@ def rewrite_workflow(workflow: dict[str, Any], image_map: dict[str, str], job_id
         if isinstance(prefix, str):
             cleaned = "/".join(p for p in prefix.replace("\\", "/").split("/") if p not in ("", ".", ".."))
             inputs["filename_prefix"] = f"{sub}/{cleaned or 'ComfyUI'}"
+        elif _writes_preview(str(node.get("class_type", ""))):
+            inputs[CACHE_BUST_INPUT] = sub
         out[node_id] = {**node, "inputs": inputs}
     return out
 
 
-def cleanup_job(job_id: str, *, input_dir: Path, output_dir: Path, extra_files: Iterable[Path] = ()) -> None:
-    """Remove the job's staged inputs, its output folder and any temp files it produced."""
-    sub = job_subfolder(job_id)
+def cleanup_job(sub: str, *, input_dir: Path, output_dir: Path, extra_files: Iterable[Path] = ()) -> None:
+    """Remove the job's staged inputs (``input/<sub>``), its output folder and its temp files."""
     for root in (input_dir, output_dir):
         target = root / sub
         if target.exists():

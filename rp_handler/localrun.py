@@ -71,7 +71,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     from rp_handler.handler import WorkerContext, handle, read_lock_digest
-    from rp_handler.main import connect_client, start_comfy
+    from rp_handler.main import client_factory, start_comfy
 
     args = _handler_parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -87,7 +87,7 @@ def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
         job_input["timeout_s"] = args.timeout
     io_dir = cfg.io_dir or Path(tempfile.mkdtemp(prefix="rp_handler-io-"))
     sup = start_comfy(cfg, io_dir=io_dir)
-    ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs, client_factory=connect_client, supervisor=sup,
+    ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs, client_factory=client_factory(sup), supervisor=sup,
                         version_id=args.id, lock_digest=read_lock_digest(cfg.build.lock_path(args.id)))
     try:
         result = handle({"id": f"local-{int(time.time())}", "input": job_input}, ctx)

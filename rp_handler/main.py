@@ -74,12 +74,17 @@ def start_comfy(cfg: WorkerConfig, *, io_dir: Path) -> Supervisor:
     return sup
 
 
-def connect_client(url: str) -> Any:
-    from rp_handler.comfy import ComfyClient
+def client_factory(sup: Supervisor | None = None):
+    """Builds a connected ComfyClient that knows whether the ComfyUI process is still alive."""
 
-    client = ComfyClient(url)
-    client.connect()
-    return client
+    def connect(url: str) -> Any:
+        from rp_handler.comfy import ComfyClient
+
+        client = ComfyClient(url, alive=(lambda: sup.proc.alive) if sup is not None else None)
+        client.connect()
+        return client
+
+    return connect
 
 
 def progress_sender() -> Any:
@@ -112,7 +117,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
         COLD.mark("runpod_imported")
         version = cfg.version_id
-        ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs or ComfyDirs.under(io_dir), client_factory=connect_client,
+        ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs or ComfyDirs.under(io_dir), client_factory=client_factory(sup),
                             supervisor=sup, progress_sender=progress_sender(), version_id=version,
                             lock_digest=read_lock_digest(cfg.build.lock_path(version)) if version else None)
         if cfg.wait_ready_before_loop:

@@ -244,6 +244,7 @@ class Supervisor:
         self.gave_up = False
         self.last_error: ComfyStartError | None = None
         self.last_exit_tail: list[str] = []
+        self.deaths: dict[int, tuple[int | None, list[str]]] = {}  # generation -> (exit code, last lines)
         self._stopping = threading.Event()
         self._cond = threading.Condition()
         self._ready = False
@@ -288,6 +289,9 @@ class Supervisor:
             if self._stopping.is_set():
                 break
             self.last_exit_tail = self.proc.log_tail(40)
+            with self._cond:
+                self.deaths[self.generation] = (rc, self.last_exit_tail)
+                self._cond.notify_all()
             log.error("ComfyUI exited unexpectedly with code %s; last lines:\n%s", rc,
                       "\n".join(self.last_exit_tail[-15:]))
             self.last_error = ComfyStartError(f"ComfyUI exited with code {rc}", {"log_tail": self.last_exit_tail})
@@ -333,6 +337,17 @@ class Supervisor:
                     next_note = now + 15.0
                 self._cond.wait(timeout=min(1.0, deadline - now))
             return self.generation
+
+    def death_of(self, generation: int, timeout: float) -> tuple[int | None, list[str]] | None:
+        """(exit code, last log lines) of the ComfyUI incarnation ``generation`` once it has exited."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while generation not in self.deaths:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping.is_set():
+                    return None
+                self._cond.wait(left)
+            return self.deaths[generation]
 
     def forward_signal(self, sig: int) -> None:
         """Stop supervising and pass ``sig`` (e.g. SIGTERM) to ComfyUI."""

@@ -107,3 +107,56 @@ def tiny_home(tmp_path) -> Path:
     home.mkdir()
     (home / "main.py").write_text(TINY_COMFY)
     return home
+
+
+def copy_fake(dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(FAKE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__", "input", "output", "temp", "user"))
+    return dest
+
+
+def post_json(url: str, body: dict) -> None:
+    import json as _json
+
+    req = urllib.request.Request(url, data=_json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
+
+
+class LiveWorker:
+    """A WorkerContext over a supervised fake ComfyUI process (what main builds, minus runpod)."""
+
+    def __init__(self, root: Path, **env: str):
+        from rp_handler.handler import WorkerContext
+        from rp_handler.main import client_factory, start_comfy
+
+        home = copy_fake(root / "ComfyUI")
+        self.cfg = make_cfg(root, COMFY_HOME=str(home), COMFY_IO_DIR=str(root / "io"), **env)
+        self.sup = start_comfy(self.cfg, io_dir=root / "io")
+        self.ctx = WorkerContext(cfg=self.cfg, dirs=self.sup.proc.dirs, client_factory=client_factory(self.sup),
+                                 supervisor=self.sup, version_id="v1")
+        self.sup.ensure_ready(60)
+
+    @property
+    def url(self) -> str:
+        return self.sup.proc.url
+
+    def faults(self, faults: dict) -> None:
+        post_json(f"{self.url}/__fake__/faults", faults)
+
+    def run(self, job_input, job_id: str = "job-1") -> dict:
+        from rp_handler.handler import handle
+
+        return handle({"id": job_id, "input": job_input}, self.ctx)
+
+    def close(self) -> None:
+        self.ctx.close()
+        self.sup.stop(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def live_worker(tmp_path_factory):
+    w = LiveWorker(tmp_path_factory.mktemp("live"))
+    yield w
+    w.close()

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from rp_handler.errors import InputError
-from rp_handler.inputs import cleanup_job, fetch_url, job_subfolder, rewrite_workflow, stage_images
+from rp_handler.inputs import CACHE_BUST_INPUT, cleanup_job, fetch_url, job_subfolder, rewrite_workflow, stage_images
 from rp_handler.job import ImageInput
 from tests.worker.conftest import make_cfg
 
@@ -65,23 +65,24 @@ def test_stage_rewrite_and_cleanup(tmp_path, httpserver):
     cfg = make_cfg(ALLOW_PRIVATE_URLS="true")
     inp, out = tmp_path / "input", tmp_path / "output"
     images = [ImageInput(name="a.png", data=b"A"), ImageInput(name="u.png", url=httpserver.url_for("/u.png"))]
-    mapping = stage_images(images, inp, "job/1", cfg)
-    sub = job_subfolder("job/1")
-    assert "/" not in sub.split("jobs/", 1)[1]
+    sub = job_subfolder("job/1", "ab12")
+    assert "/" not in sub.split("jobs/", 1)[1] and sub.endswith("-ab12")
+    mapping = stage_images(images, inp, sub, cfg)
     assert (inp / sub / "a.png").read_bytes() == b"A" and (inp / sub / "u.png").read_bytes() == PNG
     assert not list((inp / sub).glob("*.incomplete"))
     wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "../../evil/x"}},
           "3": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
-    new = rewrite_workflow(wf, mapping, "job/1")
+    new = rewrite_workflow(wf, mapping, sub)
     assert new["1"]["inputs"]["image"] == f"{sub}/a.png"
     assert new["2"]["inputs"]["filename_prefix"] == f"{sub}/evil/x"
-    assert new["3"] == wf["3"] and wf["1"]["inputs"]["image"] == "a.png"  # the input graph is untouched
+    assert new["3"]["inputs"] == {"images": ["1", 0], CACHE_BUST_INPUT: sub}  # preview: fresh cache key
+    assert wf["1"]["inputs"]["image"] == "a.png" and CACHE_BUST_INPUT not in wf["3"]["inputs"]  # input untouched
     (out / sub).mkdir(parents=True)
     (out / sub / "o.png").write_bytes(b"o")
     tmpfile = tmp_path / "temp" / "p.png"
     tmpfile.parent.mkdir()
     tmpfile.write_bytes(b"p")
-    cleanup_job("job/1", input_dir=inp, output_dir=out, extra_files=[tmpfile])
+    cleanup_job(sub, input_dir=inp, output_dir=out, extra_files=[tmpfile])
     assert not (inp / sub).exists() and not (out / sub).exists() and not tmpfile.exists()
     assert inp.exists() and out.exists()
