@@ -425,7 +425,10 @@ class ComfyClient:
                     break
                 poll_every = 0.25  # the socket may miss the rest (same-clientId gotcha): poll too
                 next_poll = time.monotonic() + poll_every
-            batch = self._take(prompt_id, min(deadline, next_poll, next_log) - time.monotonic())
+            wake = min(deadline, next_poll, next_log)
+            if self.alive is not None:
+                wake = min(wake, time.monotonic() + 0.5)
+            batch = self._take(prompt_id, wake - time.monotonic())
             for ev in batch:
                 events.append(ev)
                 if isinstance(ev, ExecutionStart):
