@@ -80,7 +80,8 @@ def client_factory(sup: Supervisor | None = None):
     def connect(url: str) -> Any:
         from rp_handler.comfy import ComfyClient
 
-        client = ComfyClient(url, alive=(lambda: sup.proc.alive) if sup is not None else None)
+        # Bound to this incarnation: a job must not wait on a restarted ComfyUI that never saw its prompt.
+        client = ComfyClient(url, alive=sup.proc.liveness() if sup is not None else None)
         client.connect()
         return client
 

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import ComfyStartError
@@ -141,6 +142,11 @@ class ComfyProcess:
             if line:
                 self._tail.append(line)
                 child_log.info("[comfyui] %s", line)
+
+    def liveness(self) -> "Callable[[], bool]":
+        """A check bound to the current child: stays False once it exited, even after a restart."""
+        popen = self._proc
+        return lambda: popen is not None and popen.poll() is None
 
     @property
     def pid(self) -> int | None:

@@ -71,11 +71,7 @@ FAKE_DIR = Path(__file__).resolve().parents[1] / "fakes" / "comfyui"
 @pytest.fixture
 def fake_home(tmp_path) -> Path:
     """A copy of the fake ComfyUI at tmp/ComfyUI, so its main.py is spawned like a real checkout."""
-    import shutil
-
-    home = tmp_path / "ComfyUI"
-    shutil.copytree(FAKE_DIR, home, ignore=shutil.ignore_patterns("__pycache__", "input", "output", "temp", "user"))
-    return home
+    return copy_fake(tmp_path / "ComfyUI")
 
 
 TINY_COMFY = '''
@@ -109,10 +105,16 @@ def tiny_home(tmp_path) -> Path:
     return home
 
 
+PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "data" / "protocol"
+
+
 def copy_fake(dest: Path) -> Path:
+    """A copy of the fake ComfyUI that runs from anywhere (its object_info data copied along)."""
     import shutil
 
     shutil.copytree(FAKE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__", "input", "output", "temp", "user"))
+    if not (dest / "object_info.json.gz").exists():
+        shutil.copy2(PROTOCOL_DIR / "object_info.json.gz", dest / "object_info.json.gz")
     return dest
 
 
