@@ -54,6 +54,8 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("LIMIT_MAX_STEPS", "150", "Largest sampler steps."),
     EnvVar("LIMIT_MAX_FRAMES", "256", "Largest frame count (video nodes)."),
     EnvVar("LOG_LEVEL", "INFO", "Worker log level."),
+    EnvVar("COMFY_IO_DIR", "<tmp>/rp_handler-io", "Local folder for ComfyUI's input/output/temp (per-job subfolders)."),
+    EnvVar("WAIT_READY_BEFORE_LOOP", "false", "true: start the runpod loop only after ComfyUI is ready (see docs)."),
 )
 
 ALL_ENV: tuple[EnvVar, ...] = BUILD_ENV + WORKER_ENV
@@ -134,6 +136,8 @@ class WorkerConfig:
     gcs: GcsConfig
     cache: CacheConfig
     limits: Limits
+    io_dir: Path | None = None  # COMFY_IO_DIR (None: <tmp>/rp_handler-io)
+    wait_ready_before_loop: bool = False  # WAIT_READY_BEFORE_LOOP
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
@@ -187,6 +191,8 @@ class WorkerConfig:
                 max_frames=_int(env, "LIMIT_MAX_FRAMES", 256),
                 max_input_bytes=_int(env, "MAX_INPUT_BYTES", 50_000_000),
             ),
+            io_dir=Path(env["COMFY_IO_DIR"]).expanduser() if env.get("COMFY_IO_DIR") else None,
+            wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
         )
 
     @property

@@ -1,0 +1,318 @@
+"""Thin glue for one RunPod job: validate → stage inputs → submit → stream outputs to the sink → result.
+
+``handle(job, ctx)`` never raises: any failure becomes ``{"error": one line, "details": {...}}``
+(``errors.to_payload``); ComfyUI's ``node_errors`` / ``execution_error`` pass through in details.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rp_handler import errors
+from rp_handler.config import WorkerConfig
+from rp_handler.events import Executed, Executing, ExecutionCached, Progress
+from rp_handler.inputs import cleanup_job, job_subfolder, rewrite_workflow, stage_images
+from rp_handler.job import Action, Job, parse_job
+from rp_handler.outputs import OutputCollector, OutputFile, local_path, make_sink
+from rp_handler.process import ComfyDirs, Supervisor
+from rp_handler.progress import ProgressReporter
+from rp_handler.timings import COLD, JobTimer
+
+log = logging.getLogger(__name__)
+
+current_job: contextvars.ContextVar[str] = contextvars.ContextVar("current_job", default="-")
+
+HISTORY_DELETE_BATCH = 50
+TIMEOUT_GRACE_S = 5.0
+
+
+def read_lock_digest(path: Path) -> str | None:
+    """``spec_digest`` of the running version's lock, else the lock file's sha256 (None without a lock)."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        digest = json.loads(raw).get("spec_digest")
+        if isinstance(digest, str) and digest:
+            return digest
+    except (ValueError, AttributeError):
+        pass
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+@dataclass
+class WorkerContext:
+    """Everything a job needs, built once by ``main`` (or a test)."""
+
+    cfg: WorkerConfig
+    dirs: ComfyDirs
+    client_factory: Callable[[str], Any]  # base_url -> connected ComfyClient
+    supervisor: Supervisor | None = None
+    base_url: str = ""
+    progress_sender: Callable[[dict, Any], None] | None = None  # (job, payload), e.g. runpod's progress_update
+    lock_digest: str | None = None
+    version_id: str = ""
+    status_hooks: list[Callable[[], dict]] = field(default_factory=list)
+    jobs_done: int = 0
+    cold_reported: bool = False
+    _client: Any = None
+    _client_generation: int = -1
+    _history_ids: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return self.supervisor.proc.url if self.supervisor is not None else self.base_url
+
+    def client(self, generation: int) -> Any:
+        """One client (keep-alive HTTP + websocket) per ComfyUI incarnation."""
+        if self._client is None or generation != self._client_generation:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:  # the old server is gone; nothing to save
+                    pass
+            self._client = self.client_factory(self.url)
+            self._client_generation = generation
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:
+                pass
+            self._client = None
+
+
+def handle(job: dict, ctx: WorkerContext) -> dict:
+    """RunPod handler body (plain function: runpod's test_input path never runs generator handlers)."""
+    job_id = str(job.get("id") or "local")
+    token = current_job.set(job_id)
+    timer = JobTimer(job_id)
+    status = "failed"
+    try:
+        parsed = parse_job(job_id, job.get("input"), ctx.cfg)
+        if isinstance(parsed, Action):
+            status = "status"
+            return status_payload(ctx)
+        result = run_job(parsed, job, ctx, timer)
+        status = "ok"
+        return result
+    except errors.WorkerError as err:
+        _attach_comfy_state(err, ctx, getattr(err, "comfy_generation", None))
+        log.error("job %s failed: %s", job_id, err)
+        return _error_payload(err, ctx, timer)
+    except Exception as err:  # never crash the worker loop
+        log.exception("job %s failed with an internal error", job_id)
+        return _error_payload(err, ctx, timer)
+    finally:
+        ctx.jobs_done += 1
+        timer.mark("result_returned")
+        timer.log_line(status=status)
+        current_job.reset(token)
+
+
+def _error_payload(err: BaseException, ctx: WorkerContext, timer: JobTimer) -> dict:
+    payload = errors.to_payload(err)
+    payload["details"]["timings"] = timer.durations()
+    if ctx.supervisor is not None and ctx.supervisor.gave_up:
+        payload["refresh_worker"] = True
+    return payload
+
+
+def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation: int | None) -> None:
+    """A job that lost ComfyUI says why: exit code and the last lines of its log."""
+    sup = ctx.supervisor
+    if sup is None or generation is None or not isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)):
+        return
+    death = sup.death_of(generation, timeout=3.0)
+    if death is None:
+        return
+    rc, tail = death
+    err.details.setdefault("comfy_exit_code", rc)
+    err.details.setdefault("log_tail", tail[-20:])
+    last = next((line for line in reversed(tail) if line.strip()), "")
+    err.args = (f"{err} (ComfyUI exited with code {rc}; last log line: {errors.one_line(last, 200)})",)
+
+
+def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
+    cfg = ctx.cfg
+    generation = ctx.supervisor.ensure_ready(cfg.boot_timeout_s) if ctx.supervisor is not None else 0
+    try:
+        return _run_on(generation, job, raw_job, ctx, timer)
+    except errors.WorkerError as err:
+        err.comfy_generation = generation  # type: ignore[attr-defined]
+        raise
+
+
+def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
+    cfg = ctx.cfg
+    client = ctx.client(generation)
+    sink = make_sink(job.output, cfg, job.id)
+    sub = job_subfolder(job.id, os.urandom(3).hex())
+    image_map = stage_images(job.images, ctx.dirs.input, sub, cfg)
+    workflow = rewrite_workflow(job.workflow, image_map, sub)
+
+    sender = None
+    if ctx.progress_sender is not None:
+        send_fn = ctx.progress_sender
+        sender = lambda payload: send_fn(raw_job, payload)  # noqa: E731
+    progress = ProgressReporter(sender, interval=cfg.progress_interval_s, node_count=len(workflow))
+    uploaded = [0]
+
+    def on_uploaded() -> None:
+        uploaded[0] += 1
+        timer.mark("first_output_uploaded", first=True)
+        timer.mark("last_output_uploaded")
+        progress.uploading(uploaded[0])
+
+    def locate(item: OutputFile):
+        path = local_path(item, output_dir=ctx.dirs.output, temp_dir=ctx.dirs.temp, input_dir=ctx.dirs.input)
+        if path is not None and path.is_file():
+            return path
+        return client.view(item.filename, item.subfolder, item.type)
+
+    collector = OutputCollector(sink, locate, on_uploaded=on_uploaded)
+    on_event = _event_router(workflow, timer, progress, collector)
+    prompt_id = None
+    try:
+        prompt_id = client.submit(workflow)
+        timer.mark("submitted")
+        log.info("job %s: prompt %s submitted (%d nodes)", job.id, prompt_id, len(workflow))
+        deadline = time.monotonic() + job.timeout_s
+        try:
+            result = client.wait(prompt_id, deadline=deadline, on_event=on_event)
+        except errors.ComfyTimeout:
+            _recover_after_timeout(ctx, client, prompt_id)
+            raise
+        timer.mark("execution_done")
+        outputs = collector.finish(result.outputs)
+    except BaseException as err:
+        collector.abort()
+        if prompt_id and isinstance(err, errors.WorkerError):
+            err.details.setdefault("prompt_id", prompt_id)
+        raise
+    finally:
+        progress.close()
+        cleanup_job(sub, input_dir=ctx.dirs.input, output_dir=ctx.dirs.output, extra_files=collector.temp_files)
+        if prompt_id:
+            _forget_history(ctx, client, prompt_id)
+        _maybe_free(ctx, client)
+
+    if timer.phases.get("last_output_uploaded") is None:
+        timer.mark("last_output_uploaded")
+    payload: dict[str, Any] = {
+        "prompt_id": prompt_id,
+        "outputs": outputs,
+        "output_mode": job.output.mode,
+        "version": ctx.version_id or None,
+        "lock_digest": ctx.lock_digest,
+    }
+    node_errors = getattr(result, "node_errors", None)
+    if node_errors:
+        payload["node_errors"] = node_errors  # partially valid prompt: only the valid outputs ran
+    timer.mark("result_returned")
+    timings: dict[str, Any] = {**timer.durations(), "phases": timer.phases.snapshot()}
+    if not ctx.cold_reported:
+        ctx.cold_reported = True
+        timings["cold_start"] = {**COLD.snapshot(), **timer.phases.snapshot()}
+    payload["timings"] = timings
+    return payload
+
+
+def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, collector: OutputCollector):
+    """The client's ``on_event``: outputs ship on ``executed``, progress on ``executing``/``progress``."""
+
+    def on_event(ev: Any) -> None:
+        if isinstance(ev, Executed):
+            if ev.node is not None:
+                collector.add(str(ev.node), ev.output)
+        elif isinstance(ev, Executing):
+            if ev.node is not None:
+                timer.mark("first_node_executing", first=True)
+                progress.node_started(str(ev.node), (workflow.get(str(ev.node)) or {}).get("class_type"))
+        elif isinstance(ev, Progress):
+            progress.step(ev.node, ev.value, ev.max)
+        elif isinstance(ev, ExecutionCached):
+            progress.cached(len(ev.nodes or ()))
+
+    return on_event
+
+
+def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
+    """After a timeout the client has sent the interrupt; if ComfyUI is still busy, restart it."""
+    end = time.monotonic() + TIMEOUT_GRACE_S
+    while time.monotonic() < end:
+        try:
+            if client.history(prompt_id):
+                return
+        except errors.WorkerError:
+            break
+        time.sleep(0.1)
+    if ctx.supervisor is not None and ctx.supervisor.proc.alive:
+        log.warning("ComfyUI did not stop prompt %s within %.0f s of the interrupt; restarting it",
+                    prompt_id, TIMEOUT_GRACE_S)
+        ctx.supervisor.proc.send_signal(9)
+
+
+def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
+    """Bound ComfyUI's history: delete our entries in batches (one HTTP call per batch)."""
+    ctx._history_ids.append(prompt_id)
+    if len(ctx._history_ids) >= HISTORY_DELETE_BATCH:
+        ids, ctx._history_ids = ctx._history_ids, []
+        try:
+            client.delete_history(ids)
+        except Exception as err:
+            log.warning("could not delete %d history entries: %s", len(ids), err)
+
+
+def _maybe_free(ctx: WorkerContext, client: Any) -> None:
+    n = ctx.cfg.free_every_n_jobs
+    if n > 0 and (ctx.jobs_done + 1) % n == 0:
+        try:
+            client.free(unload_models=True, free_memory=True)
+        except Exception as err:
+            log.warning("POST /free failed: %s", err)
+
+
+def status_payload(ctx: WorkerContext) -> dict:
+    """``{"action": "status"}``: ComfyUI state, version, lock digest (and hooks, e.g. the model cache)."""
+    sup = ctx.supervisor
+    comfy: dict[str, Any] = {"url": ctx.url}
+    if sup is not None:
+        comfy.update(running=sup.proc.alive, ready=sup.ready, pid=sup.proc.pid, restarts=sup.restarts,
+                     generation=sup.generation, gave_up=sup.gave_up)
+        if not sup.proc.alive and sup.last_exit_tail:
+            comfy["log_tail"] = sup.last_exit_tail[-10:]
+    ready = sup.ready if sup is not None else True
+    if ready:
+        try:
+            client = ctx.client(sup.generation if sup is not None else 0)
+            comfy["system_stats"] = client.system_stats()
+        except Exception as err:
+            comfy["error"] = errors.one_line(f"{type(err).__name__}: {err}", 200)
+    payload: dict[str, Any] = {
+        "status": "ready" if ready else "starting",
+        "comfy": comfy,
+        "version": ctx.version_id or None,
+        "lock_digest": ctx.lock_digest,
+        "jobs_done": ctx.jobs_done,
+        "cold_start": COLD.snapshot(),
+    }
+    for hook in ctx.status_hooks:
+        try:
+            payload.update(hook())
+        except Exception as err:
+            log.warning("status hook failed: %s", err)
+    return payload

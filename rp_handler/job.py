@@ -1,0 +1,313 @@
+"""Job input → a validated ``Job``: a pure function, no I/O, no network.
+
+Accepted input (RunPod's ``job["input"]``)::
+
+    {"workflow": {...API format...},
+     "images": [{"name": "in.png", "image": "<base64 | data: URI | https URL>"}],
+     "output": "base64" | {"mode": "gcs"|"base64"|"local", "bucket": "...", "prefix": "..."},
+     "timeout_s": 120}
+    {"action": "status"}
+
+Every rejection is an ``InputError`` whose message names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from rp_handler.config import WorkerConfig
+from rp_handler.errors import InputError
+
+OUTPUT_MODES = ("gcs", "base64", "local")
+ACTIONS = ("status",)
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,199}$")
+_PREFIX_OK = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One input image: either decoded bytes or an URL still to fetch."""
+
+    name: str
+    data: bytes | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    mode: str
+    bucket: str = ""
+    prefix: str = ""
+    local_dir: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    workflow: dict[str, Any]
+    images: tuple[ImageInput, ...]
+    output: OutputSpec
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Action:
+    id: str
+    name: str
+
+
+def parse_job(job_id: str, raw: Any, cfg: WorkerConfig) -> Job | Action:
+    """Validate RunPod's ``job["input"]``; raise ``InputError`` naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise InputError(
+            f"job input must be a JSON object like {{\"workflow\": {{...}}}}, got {_kind(raw)}",
+            {"field": "input"},
+        )
+    if "action" in raw:
+        action = raw["action"]
+        if action not in ACTIONS:
+            raise InputError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}", {"field": "action"})
+        return Action(id=job_id, name=action)
+    workflow = parse_workflow(raw.get("workflow"))
+    check_limits(workflow, cfg)
+    images = parse_images(raw.get("images"), cfg)
+    output = parse_output(raw.get("output"), cfg)
+    timeout_s = parse_timeout(raw.get("timeout_s"), cfg)
+    return Job(id=job_id, workflow=workflow, images=images, output=output, timeout_s=timeout_s)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def parse_workflow(value: Any) -> dict[str, Any]:
+    """The API-format graph ``{node_id: {"class_type", "inputs"}}``; a JSON string is accepted."""
+    if value is None:
+        raise InputError(
+            "input has no 'workflow': pass the ComfyUI workflow in API format "
+            "(in ComfyUI: Workflow → Export (API), or 'Save (API)')",
+            {"field": "workflow"},
+        )
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            raise InputError(f"'workflow' is a string but not valid JSON: {err}", {"field": "workflow"}) from None
+    if not isinstance(value, dict) or not value:
+        raise InputError(f"'workflow' must be a non-empty JSON object in API format, got {_kind(value)}",
+                         {"field": "workflow"})
+    if isinstance(value.get("nodes"), list) and isinstance(value.get("links"), list):
+        raise InputError(
+            "'workflow' is in ComfyUI's UI (graph) format with 'nodes' and 'links'; "
+            "export it in API format with 'Save (API)' (Workflow → Export (API)) and send that",
+            {"field": "workflow", "format": "ui"},
+        )
+    if "prompt" in value and isinstance(value["prompt"], dict) and len(value) <= 3:
+        raise InputError("'workflow' looks like a /prompt request body; send only its 'prompt' object",
+                         {"field": "workflow"})
+    for node_id, node in value.items():
+        if not isinstance(node, dict):
+            raise InputError(f"workflow node {node_id!r} must be an object with 'class_type' and 'inputs', "
+                             f"got {_kind(node)}", {"field": "workflow", "node_id": str(node_id)})
+        if not isinstance(node.get("class_type"), str) or not node["class_type"]:
+            raise InputError(f"workflow node {node_id!r} has no 'class_type'; is this an API-format workflow "
+                             "(Save (API))?", {"field": "workflow", "node_id": str(node_id)})
+        if not isinstance(node.get("inputs", {}), dict):
+            raise InputError(f"workflow node {node_id!r} ('{node['class_type']}'): 'inputs' must be an object",
+                             {"field": "workflow", "node_id": str(node_id)})
+    return value
+
+
+_PIXEL_PAIRS = (("width", "height"),)
+_BATCH_KEYS = ("batch_size",)
+_STEP_KEYS = ("steps",)
+_FRAME_KEYS = ("length", "frames", "num_frames", "frame_count", "video_frames")
+
+
+def check_limits(workflow: dict[str, Any], cfg: WorkerConfig) -> None:
+    """Refuse literal sizes over the configured limits (pixels, batch, steps, frames)."""
+    lim = cfg.limits
+
+    def over(node_id: str, node: dict, what: str, value: int, limit: int, env: str) -> InputError:
+        return InputError(
+            f"workflow node {node_id!r} ({node.get('class_type')}) asks for {what} {value}, over this worker's "
+            f"limit {limit} (set {env} to raise it)",
+            {"field": "workflow", "node_id": node_id, "limit": env, "value": value},
+        )
+
+    for node_id, node in workflow.items():
+        inputs = node.get("inputs") or {}
+        ints = {k: v for k, v in inputs.items() if isinstance(v, int) and not isinstance(v, bool)}
+        for wk, hk in _PIXEL_PAIRS:
+            if wk in ints and hk in ints and ints[wk] * ints[hk] > lim.max_pixels:
+                raise over(node_id, node, "width×height", ints[wk] * ints[hk], lim.max_pixels, "LIMIT_MAX_PIXELS")
+        for key in _BATCH_KEYS:
+            if ints.get(key, 0) > lim.max_batch:
+                raise over(node_id, node, key, ints[key], lim.max_batch, "LIMIT_MAX_BATCH")
+        for key in _STEP_KEYS:
+            if ints.get(key, 0) > lim.max_steps:
+                raise over(node_id, node, key, ints[key], lim.max_steps, "LIMIT_MAX_STEPS")
+        for key in _FRAME_KEYS:
+            if ints.get(key, 0) > lim.max_frames:
+                raise over(node_id, node, key, ints[key], lim.max_frames, "LIMIT_MAX_FRAMES")
+
+
+def check_image_name(name: Any, where: str) -> str:
+    """A plain file name: no folders, no '..', no leading dot, no control characters."""
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{where}.name must be a file name like 'input.png'", {"field": f"{where}.name"})
+    if "/" in name or "\\" in name or ".." in name or not _NAME_OK.match(name):
+        raise InputError(
+            f"{where}.name {name[:80]!r} is not a plain file name: use letters, digits, '.', '_', '-' "
+            "without folders or '..' (e.g. 'input.png')",
+            {"field": f"{where}.name"},
+        )
+    return name
+
+
+def parse_images(value: Any, cfg: WorkerConfig) -> tuple[ImageInput, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InputError(f"'images' must be a list of {{\"name\", \"image\"}} objects, got {_kind(value)}",
+                         {"field": "images"})
+    seen: set[str] = set()
+    out: list[ImageInput] = []
+    for i, item in enumerate(value):
+        where = f"images[{i}]"
+        if not isinstance(item, dict):
+            raise InputError(f"{where} must be an object {{\"name\", \"image\"}}, got {_kind(item)}", {"field": where})
+        name = check_image_name(item.get("name"), where)
+        if name in seen:
+            raise InputError(f"{where}.name {name!r} is used twice; give each image its own name", {"field": where})
+        seen.add(name)
+        out.append(parse_image_value(item.get("image"), name, where, cfg))
+    return tuple(out)
+
+
+def parse_image_value(value: Any, name: str, where: str, cfg: WorkerConfig) -> ImageInput:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where}.image must be base64, a data: URI or an https URL", {"field": f"{where}.image"})
+    head = value[:16].lower()
+    if head.startswith(("https://", "http://")):
+        check_url(value, cfg, where=f"{where}.image")
+        return ImageInput(name=name, url=value)
+    if head.startswith("data:"):
+        meta, sep, payload = value.partition(",")
+        if not sep or ";base64" not in meta.lower():
+            raise InputError(f"{where}.image is a data: URI without ';base64,' data", {"field": f"{where}.image"})
+        value = payload
+    limit = cfg.limits.max_input_bytes
+    approx = (len(value) * 3) // 4
+    if approx > limit:
+        raise InputError(
+            f"{where}.image is about {approx / 1e6:.1f} MB decoded, over the {limit / 1e6:.1f} MB input limit "
+            "(MAX_INPUT_BYTES); pass an https URL or a smaller image",
+            {"field": f"{where}.image", "bytes": approx, "limit": limit},
+        )
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{where}.image is not valid base64 (nor a data: URI or https URL)",
+                         {"field": f"{where}.image"}) from None
+    if not data:
+        raise InputError(f"{where}.image decodes to zero bytes", {"field": f"{where}.image"})
+    return ImageInput(name=name, data=data)
+
+
+def address_refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address may not be fetched from (None when it may)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_private:
+        return "private"
+    if ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+        return "reserved"
+    return None
+
+
+def check_url(url: str, cfg: WorkerConfig, *, where: str) -> None:
+    """Syntax, scheme and literal-address check; names are re-checked after DNS in ``inputs``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        raise InputError(f"{where}: only https URLs are fetched", {"field": where})
+    if parts.scheme == "http" and not cfg.allow_private_urls:
+        raise InputError(f"{where}: use an https URL (plain http is refused)", {"field": where})
+    if not parts.hostname:
+        raise InputError(f"{where}: URL has no host", {"field": where})
+    if parts.username or parts.password:
+        raise InputError(f"{where}: URLs with credentials are refused", {"field": where})
+    if cfg.allow_private_urls:
+        return
+    host = parts.hostname
+    if host in ("localhost",) or host.endswith((".localhost", ".internal", ".local")):
+        raise InputError(f"{where}: host {host!r} is local; only public hosts are fetched "
+                         "(ALLOW_PRIVATE_URLS=true allows it)", {"field": where})
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    reason = address_refused(ip)
+    if reason:
+        raise InputError(f"{where}: address {host} is {reason}; only public addresses are fetched "
+                         "(ALLOW_PRIVATE_URLS=true allows it)", {"field": where, "reason": reason})
+
+
+def parse_output(value: Any, cfg: WorkerConfig) -> OutputSpec:
+    if value is None:
+        value = {}
+    if isinstance(value, str):
+        value = {"mode": value}
+    if not isinstance(value, dict):
+        raise InputError(f"'output' must be a mode name or an object {{\"mode\": ...}}, got {_kind(value)}",
+                         {"field": "output"})
+    mode = str(value.get("mode") or cfg.output_mode).strip().lower()
+    if mode not in OUTPUT_MODES:
+        raise InputError(f"unknown output mode {mode!r}: use one of {', '.join(OUTPUT_MODES)}",
+                         {"field": "output.mode"})
+    prefix = value.get("prefix", cfg.gcs.prefix)
+    if not isinstance(prefix, str) or (prefix.strip("/") and not _PREFIX_OK.match(prefix.strip("/"))):
+        raise InputError("output.prefix must be a path like 'team/outputs' (letters, digits, '._-', no '..')",
+                         {"field": "output.prefix"})
+    if ".." in prefix:
+        raise InputError("output.prefix may not contain '..'", {"field": "output.prefix"})
+    if mode == "gcs":
+        bucket = value.get("bucket") or cfg.gcs.bucket
+        if not isinstance(bucket, str) or not bucket:
+            raise InputError("output mode gcs needs a bucket: set GCS_BUCKET on the endpoint or output.bucket "
+                             "in the input (or use output mode base64)", {"field": "output.bucket"})
+        if not (cfg.gcs.credentials_file or cfg.gcs.emulator_host):
+            raise InputError("output mode gcs needs credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
+                             "service-account JSON file on the endpoint (or use output mode base64)",
+                             {"field": "output.mode", "missing": "GOOGLE_APPLICATION_CREDENTIALS"})
+        return OutputSpec(mode="gcs", bucket=bucket, prefix=prefix.strip("/"))
+    if mode == "local":
+        if not cfg.output_local_dir:
+            raise InputError("output mode local needs OUTPUT_LOCAL_DIR set on the worker", {"field": "output.mode"})
+        return OutputSpec(mode="local", local_dir=cfg.output_local_dir, prefix=prefix.strip("/"))
+    return OutputSpec(mode="base64")
+
+
+def parse_timeout(value: Any, cfg: WorkerConfig) -> float:
+    if value is None:
+        return float(cfg.job_timeout_s)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"'timeout_s' must be a number of seconds, got {value!r}", {"field": "timeout_s"})
+    if value <= 0:
+        raise InputError(f"'timeout_s' must be positive, got {value}", {"field": "timeout_s"})
+    if value > cfg.job_max_timeout_s:
+        raise InputError(f"'timeout_s' {value} is over this worker's maximum {cfg.job_max_timeout_s:g} s "
+                         "(JOB_MAX_TIMEOUT_S)", {"field": "timeout_s", "max": cfg.job_max_timeout_s})
+    return float(value)

@@ -1,0 +1,152 @@
+"""``python -m rp_handler``: own the ComfyUI process, then run the RunPod loop.
+
+Order matters for cold start: ComfyUI is spawned first (its boot is 10+ s of imports), and only
+then does the worker import the runpod SDK (about 2 s) and build its context, in parallel with
+that boot. By default the runpod loop starts before ComfyUI is ready (WAIT_READY_BEFORE_LOOP=false):
+the first job is fetched while ComfyUI boots and waits for it inside the handler; see
+docs/benchmarks.md for the measurement behind this default.
+
+Signals: SIGTERM is forwarded to ComfyUI and the worker exits (under runpod's own job loop, whose
+SIGTERM handler replaces ours, the forwarding is chained in front of runpod's handler).
+"""
+
+from __future__ import annotations
+
+from rp_handler.timings import COLD  # first: starts nothing, records the import time
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from rp_handler.config import WorkerConfig
+from rp_handler.handler import WorkerContext, current_job, handle, read_lock_digest
+from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
+
+log = logging.getLogger(__name__)
+
+MODEL_FOLDERS = ("checkpoints", "loras", "vae", "vae_approx", "clip", "text_encoders", "unet", "diffusion_models",
+                 "clip_vision", "style_models", "embeddings", "diffusers", "controlnet", "gligen", "upscale_models",
+                 "latent_upscale_models", "hypernetworks", "photomaker", "classifiers", "model_patches",
+                 "audio_encoders", "configs")
+
+
+class _JobFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job = current_job.get()
+        return True
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [job %(job)s] %(message)s"))
+    handler.addFilter(_JobFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def write_models_yaml(models_dir: Path, path: Path) -> Path:
+    """An extra_model_paths.yaml pointing every model folder at ``models_dir``."""
+    lines = ["rp_handler_models:", f"    base_path: {models_dir}"]
+    lines += [f"    {name}: {name}" for name in MODEL_FOLDERS]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.urandom(4).hex()}.incomplete")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def start_comfy(cfg: WorkerConfig, *, io_dir: Path) -> Supervisor:
+    """Spawn ComfyUI now (before anything heavy) and supervise it on a thread."""
+    home = cfg.comfy_home
+    extra = None
+    models = cfg.build.models_dir
+    if models.is_dir() and models.resolve() != (home / "models").resolve():
+        extra = write_models_yaml(models, io_dir / "extra_model_paths.yaml")
+    proc = ComfyProcess(cfg, home, extra_model_paths=extra, dirs=ComfyDirs.under(io_dir))
+    sup = Supervisor(proc, max_restarts=cfg.max_restarts, boot_timeout_s=cfg.boot_timeout_s)
+    sup.start()
+    return sup
+
+
+def client_factory(sup: Supervisor | None = None):
+    """Builds a connected ComfyClient that knows whether the ComfyUI process is still alive."""
+
+    def connect(url: str) -> Any:
+        from rp_handler.comfy import ComfyClient
+
+        # Bound to this incarnation: a job must not wait on a restarted ComfyUI that never saw its prompt.
+        client = ComfyClient(url, alive=sup.proc.liveness() if sup is not None else None)
+        client.connect()
+        return client
+
+    return connect
+
+
+def progress_sender() -> Any:
+    """runpod's progress_update when there is a RunPod job API to send to, else None (local runs)."""
+    from runpod.serverless import progress_update
+    from runpod.serverless.modules import rp_http
+
+    if not str(rp_http.JOB_DONE_URL).startswith(("http://", "https://")):
+        return None
+    return progress_update
+
+
+def main(env: Mapping[str, str] | None = None) -> int:
+    cfg = WorkerConfig.from_env(os.environ if env is None else env)
+    configure_logging(cfg.log_level)
+    COLD.mark("imports_done")
+    owned_io = cfg.io_dir is None
+    io_dir = cfg.io_dir or Path(tempfile.mkdtemp(prefix="rp_handler-io-"))
+    sup = start_comfy(cfg, io_dir=io_dir)
+
+    def on_term(signum: int, frame: Any) -> None:
+        log.info("signal %d: forwarding to ComfyUI and exiting", signum)
+        sup.forward_signal(signum)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    ctx: WorkerContext | None = None
+    try:
+        import runpod.serverless  # heavy (about 2 s): overlaps ComfyUI's boot
+
+        COLD.mark("runpod_imported")
+        version = cfg.version_id
+        ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs or ComfyDirs.under(io_dir), client_factory=client_factory(sup),
+                            supervisor=sup, progress_sender=progress_sender(), version_id=version,
+                            lock_digest=read_lock_digest(cfg.build.lock_path(version)) if version else None)
+        if cfg.wait_ready_before_loop:
+            sup.ensure_ready(cfg.boot_timeout_s)
+        chained = {"done": False}
+
+        def chain_sigterm(concurrency: int) -> int:
+            # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler.
+            if not chained["done"]:
+                chained["done"] = True
+                previous = signal.getsignal(signal.SIGTERM)
+                if callable(previous) and previous is not on_term:
+                    def forward_then_runpod(signum: int, frame: Any) -> None:
+                        sup.forward_signal(signum)
+                        previous(signum, frame)
+                    signal.signal(signal.SIGTERM, forward_then_runpod)
+            return concurrency
+
+        def handler(job: dict) -> dict:
+            assert ctx is not None
+            return handle(job, ctx)
+
+        COLD.mark("loop_started")
+        runpod.serverless.start({"handler": handler, "concurrency_modifier": chain_sigterm})
+        return 0
+    finally:
+        if ctx is not None:
+            ctx.close()
+        sup.stop(timeout=10)
+        if owned_io:
+            shutil.rmtree(io_dir, ignore_errors=True)

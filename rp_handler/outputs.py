@@ -1,0 +1,367 @@
+"""ComfyUI outputs → sinks (base64, GCS, local folder), uploaded as soon as each node reports them.
+
+``output_items(node, output)`` turns one ``executed``/history output into items (pure);
+``OutputCollector`` feeds them to a sink on a small thread pool while the job still runs and
+``finish`` reconciles with the history, so nothing reported only in history is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import mimetypes
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Protocol, Union
+from urllib.parse import quote
+
+from rp_handler.config import GcsConfig, WorkerConfig
+from rp_handler.errors import InputError, OutputError
+from rp_handler.inputs import job_key, write_atomic
+from rp_handler.job import OutputSpec
+
+log = logging.getLogger(__name__)
+
+RUNPOD_RESULT_LIMIT_MB = 20
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file ComfyUI reported: ``{"filename", "subfolder", "type"}`` under an output key."""
+
+    node: str
+    kind: str  # history key: images, gifs, videos, audio, ...
+    index: int
+    filename: str
+    subfolder: str
+    type: str  # output | temp | input
+
+    @property
+    def key(self) -> tuple:
+        return (self.node, self.kind, self.index, self.filename, self.subfolder, self.type)
+
+    @property
+    def object_name(self) -> str:
+        return f"{self.node}_{self.index}_{self.filename}"
+
+    @property
+    def mime(self) -> str:
+        return mimetypes.guess_type(self.filename)[0] or "application/octet-stream"
+
+    def describe(self) -> dict[str, Any]:
+        return {"node": self.node, "kind": self.kind, "index": self.index, "filename": self.filename,
+                "type": self.type, "mime": self.mime}
+
+
+@dataclass(frozen=True)
+class OutputText:
+    node: str
+    kind: str
+    index: int
+    text: str
+
+    @property
+    def key(self) -> tuple:
+        return (self.node, self.kind, self.index, "", "", "text")
+
+    def describe(self) -> dict[str, Any]:
+        return {"node": self.node, "kind": self.kind, "index": self.index, "type": "text", "text": self.text}
+
+
+Item = Union[OutputFile, OutputText]
+Source = Union[Path, bytes]
+
+
+def output_items(node: str, output: dict[str, Any] | None) -> list[Item]:
+    """Every file and text entry of one node's UI output (any key: images, gifs, audio, text...)."""
+    items: list[Item] = []
+    for kind, values in (output or {}).items():
+        if not isinstance(values, list):
+            continue
+        for index, value in enumerate(values):
+            if isinstance(value, dict) and isinstance(value.get("filename"), str):
+                items.append(OutputFile(node=str(node), kind=kind, index=index, filename=value["filename"],
+                                        subfolder=str(value.get("subfolder") or ""),
+                                        type=str(value.get("type") or "output")))
+            elif isinstance(value, str) and kind not in ("animated",):
+                items.append(OutputText(node=str(node), kind=kind, index=index, text=value))
+    return items
+
+
+def local_path(item: OutputFile, *, output_dir: Path, temp_dir: Path, input_dir: Path | None = None) -> Path | None:
+    """Where ComfyUI wrote the file, if it is inside its folder (None for a path escaping it)."""
+    root = {"output": output_dir, "temp": temp_dir, "input": input_dir}.get(item.type)
+    if root is None:
+        return None
+    path = (root / item.subfolder / item.filename).resolve()
+    try:
+        path.relative_to(root.resolve())
+    except ValueError:
+        return None
+    return path
+
+
+# ----------------------------------------------------------------------------- sinks
+class Sink(Protocol):
+    mode: str
+
+    def put(self, item: OutputFile, source: Source) -> dict[str, Any]: ...
+
+
+def _read(source: Source) -> bytes:
+    return source.read_bytes() if isinstance(source, Path) else source
+
+
+class Base64Sink:
+    """Inline base64; refuses once the result would pass RunPod's 20 MB result limit."""
+
+    mode = "base64"
+
+    def __init__(self, max_result_bytes: int):
+        self.max_result_bytes = max_result_bytes
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def put(self, item: OutputFile, source: Source) -> dict[str, Any]:
+        size = source.stat().st_size if isinstance(source, Path) else len(source)
+        encoded_len = 4 * ((size + 2) // 3)
+        with self._lock:
+            self.total += encoded_len
+            total = self.total
+        if total > self.max_result_bytes:
+            raise OutputError(
+                f"outputs are {total / 1e6:.1f} MB as base64, over RunPod's {RUNPOD_RESULT_LIMIT_MB} MB result "
+                f"limit (MAX_RESULT_BYTES={self.max_result_bytes}): use output mode gcs "
+                "(set GCS_BUCKET and GOOGLE_APPLICATION_CREDENTIALS)",
+                {"bytes_base64": total, "limit": self.max_result_bytes, "fix": "output mode gcs"},
+            )
+        data = _read(source)
+        return {"data": base64.b64encode(data).decode("ascii"), "size": len(data)}
+
+
+class LocalSink:
+    """Copies into ``<root>/<prefix>/<job>/<node>_<index>_<filename>`` (atomically)."""
+
+    mode = "local"
+
+    def __init__(self, root: Path, job_id: str, prefix: str = ""):
+        self.dir = root / prefix / job_key(job_id) if prefix else root / job_key(job_id)
+
+    def put(self, item: OutputFile, source: Source) -> dict[str, Any]:
+        target = self.dir / item.object_name
+        data = _read(source)
+        write_atomic(target, data)
+        return {"path": str(target), "size": len(data)}
+
+
+class ChecksumMismatch(OutputError):
+    code = "checksum_mismatch"
+
+
+def _transient(err: BaseException) -> bool:
+    from google.api_core import exceptions as gexc
+    import requests
+
+    if isinstance(err, ChecksumMismatch):
+        return True
+    if isinstance(err, (gexc.TooManyRequests, gexc.InternalServerError, gexc.BadGateway,
+                        gexc.ServiceUnavailable, gexc.GatewayTimeout)):
+        return True
+    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    try:
+        from google.resumable_media import common as rm
+        if isinstance(err, rm.DataCorruption):
+            return True
+        if isinstance(err, rm.InvalidResponse):
+            status = getattr(err.response, "status_code", 0)
+            return status == 429 or status >= 500
+    except ImportError:  # pragma: no cover
+        pass
+    return False
+
+
+@lru_cache(maxsize=4)
+def gcs_client(gcs: GcsConfig):
+    """One storage client per configuration, reused across jobs (keep-alive)."""
+    from google.cloud import storage
+
+    if gcs.emulator_host:
+        from google.auth.credentials import AnonymousCredentials
+        return storage.Client(project=gcs.project or "emulator", credentials=AnonymousCredentials(),
+                              client_options={"api_endpoint": gcs.emulator_host})
+    creds = _service_account(gcs.credentials_file)
+    return storage.Client(project=gcs.project or getattr(creds, "project_id", None), credentials=creds)
+
+
+@lru_cache(maxsize=4)
+def _service_account(path: str):
+    from google.oauth2 import service_account
+
+    if not path or not os.path.isfile(path):
+        raise InputError("output mode gcs needs credentials: GOOGLE_APPLICATION_CREDENTIALS must name an existing "
+                         "service-account JSON file", {"field": "output.mode",
+                                                        "missing": "GOOGLE_APPLICATION_CREDENTIALS"})
+    try:
+        return service_account.Credentials.from_service_account_file(
+            path, scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
+    except (ValueError, KeyError) as err:
+        raise InputError(f"GOOGLE_APPLICATION_CREDENTIALS is not a usable service-account JSON file "
+                         f"({type(err).__name__})", {"field": "output.mode"}) from None
+
+
+def crc32c_b64(source: Source) -> str:
+    import google_crc32c
+
+    crc = google_crc32c.Checksum()
+    if isinstance(source, Path):
+        with open(source, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                crc.update(chunk)
+    else:
+        crc.update(bytes(source))
+    return base64.b64encode(crc.digest()).decode("ascii")
+
+
+class GcsSink:
+    """Uploads to ``gs://<bucket>/<prefix>/<job_id>/<node>_<index>_<filename>`` (a retry overwrites)."""
+
+    mode = "gcs"
+
+    def __init__(self, gcs: GcsConfig, bucket: str, prefix: str, job_id: str, *, client=None):
+        self.gcs = gcs
+        self.client = client if client is not None else gcs_client(gcs)
+        self.bucket = self.client.bucket(bucket)
+        self.prefix = prefix.strip("/")
+        self.job_dir = job_key(job_id)
+
+    def object_name(self, item: OutputFile) -> str:
+        parts = [p for p in (self.prefix, self.job_dir, item.object_name) if p]
+        return "/".join(parts)
+
+    def put(self, item: OutputFile, source: Source) -> dict[str, Any]:
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        name = self.object_name(item)
+        expected = crc32c_b64(source) if self.gcs.validate else None
+        retrying = Retrying(stop=stop_after_attempt(max(1, self.gcs.retries)),
+                            wait=wait_exponential(multiplier=self.gcs.retry_base_sleep, max=30),
+                            retry=retry_if_exception(_transient), reraise=True,
+                            before_sleep=lambda rs: log.warning("GCS upload of gs://%s/%s failed (%s); retry %d",
+                                                                self.bucket.name, name,
+                                                                type(rs.outcome.exception()).__name__,
+                                                                rs.attempt_number))
+        try:
+            blob = retrying(self._upload_once, name, item, source, expected)
+        except OutputError:
+            raise
+        except Exception as err:  # google/requests errors: one line, no URL query strings
+            raise OutputError(f"GCS upload of gs://{self.bucket.name}/{name} failed: {type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else ''}",
+                              {"bucket": self.bucket.name, "object": name}) from None
+        size = blob.size if blob.size is not None else (
+            source.stat().st_size if isinstance(source, Path) else len(source))
+        return {"bucket": self.bucket.name, "object": name, "gs_uri": f"gs://{self.bucket.name}/{name}",
+                "url": self._url(blob), "size": size, "crc32c": blob.crc32c}
+
+    def _upload_once(self, name: str, item: OutputFile, source: Source, expected: str | None):
+        blob = self.bucket.blob(name)
+        if isinstance(source, Path):
+            blob.upload_from_filename(str(source), content_type=item.mime, retry=None)
+        else:
+            blob.upload_from_string(source, content_type=item.mime, retry=None)
+        if expected is not None and blob.crc32c != expected:
+            raise ChecksumMismatch(f"CRC32C of gs://{self.bucket.name}/{name} is {blob.crc32c}, expected {expected}",
+                                   {"object": name})
+        return blob
+
+    def _url(self, blob) -> str:
+        if self.gcs.public:
+            if self.gcs.emulator_host:
+                return f"{self.gcs.emulator_host.rstrip('/')}/{self.bucket.name}/{quote(blob.name)}"
+            return blob.public_url
+        if self.gcs.credentials_file:
+            kwargs: dict[str, Any] = {}
+            if self.gcs.emulator_host:
+                kwargs["api_access_endpoint"] = self.gcs.emulator_host.rstrip("/")
+            return blob.generate_signed_url(version="v4", expiration=timedelta(seconds=self.gcs.signed_url_ttl),
+                                            method="GET", credentials=_service_account(self.gcs.credentials_file),
+                                            **kwargs)
+        # Emulator without credentials: its plain download URL.
+        return (f"{self.gcs.emulator_host.rstrip('/')}/download/storage/v1/b/{self.bucket.name}/o/"
+                f"{quote(blob.name, safe='')}?alt=media")
+
+
+def make_sink(spec: OutputSpec, cfg: WorkerConfig, job_id: str) -> Sink:
+    if spec.mode == "gcs":
+        return GcsSink(cfg.gcs, spec.bucket, spec.prefix, job_id)
+    if spec.mode == "local":
+        return LocalSink(Path(spec.local_dir), job_id, spec.prefix)
+    return Base64Sink(cfg.max_result_bytes)
+
+
+# ----------------------------------------------------------------------------- collector
+class OutputCollector:
+    """Ships each reported output to the sink at once, on a small thread pool."""
+
+    def __init__(self, sink: Sink, locate: Callable[[OutputFile], Source], *, workers: int = 2,
+                 on_uploaded: Callable[[], None] | None = None):
+        self.sink = sink
+        self.locate = locate
+        self.on_uploaded = on_uploaded
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+        self._lock = threading.Lock()
+        self._seen: dict[tuple, tuple[Item, Future | None]] = {}
+        self.temp_files: list[Path] = []
+
+    def add(self, node: str, output: dict[str, Any] | None) -> None:
+        for item in output_items(node, output):
+            with self._lock:
+                if item.key in self._seen:
+                    continue
+                fut = self._pool.submit(self._ship, item) if isinstance(item, OutputFile) else None
+                self._seen[item.key] = (item, fut)
+
+    def _ship(self, item: OutputFile) -> dict[str, Any]:
+        source = self.locate(item)
+        if item.type == "temp" and isinstance(source, Path):
+            with self._lock:
+                self.temp_files.append(source)
+        result = {**item.describe(), **self.sink.put(item, source)}
+        if self.on_uploaded:
+            self.on_uploaded()
+        return result
+
+    def finish(self, history_outputs: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Add what only the history reported, wait for every upload, return results in node order."""
+        for node, output in (history_outputs or {}).items():
+            self.add(node, output)
+        with self._lock:
+            entries = list(self._seen.values())
+        results: list[dict[str, Any]] = []
+        first_error: BaseException | None = None
+        for item, fut in entries:
+            if fut is None:
+                results.append(item.describe())
+                continue
+            try:
+                results.append(fut.result())
+            except BaseException as err:  # keep waiting for the rest, then raise the first
+                first_error = first_error or err
+        self._pool.shutdown(wait=True)
+        if first_error is not None:
+            raise first_error
+        return sorted(results, key=_order)
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _order(entry: dict[str, Any]) -> tuple:
+    node = entry.get("node", "")
+    return (0, int(node)) if str(node).isdigit() else (1, str(node)), entry.get("kind", ""), entry.get("index", 0)

@@ -1,0 +1,368 @@
+"""The ComfyUI child process: spawn, readiness, log capture, supervision, restart, stop.
+
+``ComfyProcess`` is one restartable child (always ``--listen 127.0.0.1``); ``Supervisor`` keeps it
+running on a thread: ready = ``/system_stats`` answered before a deadline while the process is
+alive; an unexpected exit is logged with the child's last lines and followed by a restart, until
+``max_restarts`` is spent, after which the worker asks RunPod to replace it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import logging
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from rp_handler.config import WorkerConfig
+from rp_handler.errors import ComfyStartError
+from rp_handler.timings import COLD, PhaseClock
+
+log = logging.getLogger(__name__)
+child_log = logging.getLogger("rp_handler.comfyui")
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gpu_present() -> bool:
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+
+
+@dataclass(frozen=True)
+class ComfyDirs:
+    """ComfyUI's input/output/temp folders (the worker reads outputs straight from disk)."""
+
+    input: Path
+    output: Path
+    temp: Path
+    user: Path | None = None
+
+    @classmethod
+    def defaults(cls, comfy_home: Path) -> "ComfyDirs":
+        return cls(comfy_home / "input", comfy_home / "output", comfy_home / "temp")
+
+    @classmethod
+    def under(cls, root: Path) -> "ComfyDirs":
+        return cls(root / "input", root / "output", root / "temp", root / "user")
+
+    def args(self) -> list[str]:
+        out = ["--input-directory", str(self.input), "--output-directory", str(self.output),
+               "--temp-directory", str(self.temp)]
+        if self.user is not None:
+            out += ["--user-directory", str(self.user)]
+        return out
+
+
+class ComfyProcess:
+    """One ComfyUI child on 127.0.0.1; ``start`` may be called again after it exits."""
+
+    def __init__(self, cfg: WorkerConfig, comfy_home: Path, *, extra_model_paths: Path | None = None,
+                 dirs: ComfyDirs | None = None, port: int | None = None, host: str = "127.0.0.1",
+                 extra_args: tuple[str, ...] | None = None, tail_lines: int = 200):
+        self.cfg = cfg
+        self.comfy_home = Path(comfy_home)
+        self.extra_model_paths = extra_model_paths
+        self.dirs = dirs
+        self.host = host
+        chosen = cfg.port if port is None else port
+        self.port = chosen or free_port()
+        self.extra_args = tuple(cfg.extra_args if extra_args is None else extra_args)
+        self._tail: deque[str] = deque(maxlen=tail_lines)
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self.starts = 0
+
+    # --- plan ------------------------------------------------------------------
+    def command(self) -> list[str]:
+        cmd = [self.cfg.comfy_python, "-u", str(self.comfy_home / "main.py"),
+               "--listen", self.host, "--port", str(self.port), "--disable-auto-launch"]
+        if self.cfg.force_cpu == "true" or (self.cfg.force_cpu == "auto" and not gpu_present()):
+            cmd.append("--cpu")
+        if self.extra_model_paths is not None:
+            cmd += ["--extra-model-paths-config", str(self.extra_model_paths)]
+        if self.dirs is not None:
+            cmd += self.dirs.args()
+        cmd += list(self.extra_args)
+        return cmd
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    # --- act -------------------------------------------------------------------
+    def start(self) -> None:
+        if self.alive:
+            return
+        main_py = self.comfy_home / "main.py"
+        if not main_py.is_file():
+            raise ComfyStartError(f"no ComfyUI at {self.comfy_home} (main.py missing): realize the version first "
+                                  "(scripts/version.py realize <id>) or set COMFY_HOME",
+                                  {"comfy_home": str(self.comfy_home)})
+        if self.dirs is not None:
+            for d in (self.dirs.input, self.dirs.output, self.dirs.temp, self.dirs.user):
+                if d is not None:
+                    d.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
+        log.info("starting ComfyUI: %s", " ".join(cmd))
+        self._tail.clear()
+        self._proc = subprocess.Popen(cmd, cwd=str(self.comfy_home), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      preexec_fn=_die_with_parent if _prctl is not None else None)
+        self.starts += 1
+        self._reader = threading.Thread(target=self._pump, args=(self._proc,), name="comfyui-log", daemon=True)
+        self._reader.start()
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._tail.append(line)
+                child_log.info("[comfyui] %s", line)
+
+    def liveness(self) -> "Callable[[], bool]":
+        """A check bound to the current child: stays False once it exited, even after a restart."""
+        popen = self._proc
+        return lambda: popen is not None and popen.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def log_tail(self, n: int = 40) -> list[str]:
+        if self._reader is not None and self._proc is not None and self._proc.poll() is not None:
+            self._reader.join(timeout=1.0)  # let the pipe drain after an exit
+        return list(self._tail)[-n:]
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host,
+                                          self.port, timeout=timeout)
+        try:
+            conn.request("GET", "/system_stats")
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    def wait_ready(self, deadline: float) -> None:
+        """Block until /system_stats answers (monotonic ``deadline``), logging while waiting."""
+        started = time.monotonic()
+        next_note = started + 15.0
+        delay = 0.02
+        while True:
+            if not self.alive:
+                rc = self.returncode
+                tail = self.log_tail(20)
+                raise ComfyStartError(
+                    f"ComfyUI exited with code {rc} during start-up: {tail[-1] if tail else '(no output)'}",
+                    {"returncode": rc, "log_tail": tail})
+            if self.ping(timeout=min(2.0, max(0.1, deadline - time.monotonic()))):
+                log.info("ComfyUI ready on %s after %.2f s", self.url, time.monotonic() - started)
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                tail = self.log_tail(20)
+                raise ComfyStartError(
+                    f"ComfyUI did not answer /system_stats within {now - started:.0f} s "
+                    "(COMFY_BOOT_TIMEOUT_S)", {"log_tail": tail})
+            if now >= next_note:
+                log.info("still waiting for ComfyUI (pid %s) to answer /system_stats after %.0f s",
+                         self.pid, now - started)
+                next_note = now + 15.0
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 1.5, 0.2)
+
+    def send_signal(self, sig: int) -> None:
+        if self.alive and self._proc is not None:
+            self._proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("ComfyUI (pid %s) ignored SIGTERM for %.0f s; killing it", proc.pid, timeout)
+                proc.kill()
+                proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(timeout=2.0)
+        return proc.returncode
+
+    def wait_exit(self, timeout: float | None = None) -> int | None:
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+class Supervisor:
+    """Keeps ComfyUI up on a thread; counts crashes; gives up after ``max_restarts``."""
+
+    def __init__(self, proc: ComfyProcess, *, max_restarts: int, boot_timeout_s: float,
+                 clock: PhaseClock | None = None):
+        self.proc = proc
+        self.max_restarts = max(0, max_restarts)
+        self.boot_timeout_s = boot_timeout_s
+        self.clock = clock or COLD
+        self.restarts = 0
+        self.generation = 0  # +1 each time ComfyUI becomes ready
+        self.gave_up = False
+        self.last_error: ComfyStartError | None = None
+        self.last_exit_tail: list[str] = []
+        self.deaths: dict[int, tuple[int | None, list[str]]] = {}  # generation -> (exit code, last lines)
+        self._stopping = threading.Event()
+        self._cond = threading.Condition()
+        self._ready = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Spawn now (in the caller's thread, so it happens first), supervise on a thread."""
+        self.proc.start()
+        self.clock.mark("comfy_spawned", overwrite=False)
+        self._thread = threading.Thread(target=self._run, name="comfyui-supervisor", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        with self._cond:
+            return self._ready and self.proc.alive
+
+    def _set(self, ready: bool) -> None:
+        with self._cond:
+            self._ready = ready
+            if ready:
+                self.generation += 1
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.proc.wait_ready(time.monotonic() + self.boot_timeout_s)
+            except ComfyStartError as err:
+                if self._stopping.is_set():
+                    break
+                log.error("%s", err)
+                self.last_error = err
+                self.proc.stop(timeout=5)
+                if not self._restart_or_give_up():
+                    break
+                continue
+            self.clock.mark("comfy_ready", overwrite=False)
+            self._set(True)
+            rc = self.proc.wait_exit()
+            self._set(False)
+            if self._stopping.is_set():
+                break
+            self.last_exit_tail = self.proc.log_tail(40)
+            with self._cond:
+                self.deaths[self.generation] = (rc, self.last_exit_tail)
+                self._cond.notify_all()
+            log.error("ComfyUI exited unexpectedly with code %s; last lines:\n%s", rc,
+                      "\n".join(self.last_exit_tail[-15:]))
+            self.last_error = ComfyStartError(f"ComfyUI exited with code {rc}", {"log_tail": self.last_exit_tail})
+            if not self._restart_or_give_up():
+                break
+
+    def _restart_or_give_up(self) -> bool:
+        if self.restarts >= self.max_restarts:
+            log.error("ComfyUI failed %d time(s), more than COMFY_MAX_RESTARTS=%d allows: asking RunPod for a "
+                      "fresh worker", self.restarts + 1, self.max_restarts)
+            with self._cond:
+                self.gave_up = True
+                self._cond.notify_all()
+            return False
+        self.restarts += 1
+        log.warning("restarting ComfyUI (restart %d of %d)", self.restarts, self.max_restarts)
+        try:
+            self.proc.start()
+        except ComfyStartError as err:
+            self.last_error = err
+            with self._cond:
+                self.gave_up = True
+                self._cond.notify_all()
+            return False
+        return True
+
+    def ensure_ready(self, timeout: float) -> int:
+        """Wait until ComfyUI is ready; returns its generation. Raises ``ComfyStartError`` otherwise."""
+        deadline = time.monotonic() + timeout
+        next_note = time.monotonic() + 15.0
+        with self._cond:
+            while not (self._ready and self.proc.alive):
+                if self.gave_up:
+                    err = self.last_error or ComfyStartError("ComfyUI is not running")
+                    raise ComfyStartError(f"ComfyUI cannot be kept running ({err}); this worker needs replacing",
+                                          {**err.details, "restarts": self.restarts})
+                now = time.monotonic()
+                if now >= deadline:
+                    raise ComfyStartError(f"ComfyUI was not ready within {timeout:.0f} s",
+                                          {"log_tail": self.proc.log_tail(20)})
+                if now >= next_note:
+                    log.info("job waiting for ComfyUI to become ready (%.0f s so far)", now - deadline + timeout)
+                    next_note = now + 15.0
+                self._cond.wait(timeout=min(1.0, deadline - now))
+            return self.generation
+
+    def death_of(self, generation: int, timeout: float) -> tuple[int | None, list[str]] | None:
+        """(exit code, last log lines) of the ComfyUI incarnation ``generation`` once it has exited."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while generation not in self.deaths:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping.is_set():
+                    return None
+                self._cond.wait(left)
+            return self.deaths[generation]
+
+    def forward_signal(self, sig: int) -> None:
+        """Stop supervising and pass ``sig`` (e.g. SIGTERM) to ComfyUI."""
+        self._stopping.set()
+        log.info("forwarding signal %s to ComfyUI (pid %s)", sig, self.proc.pid)
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self.proc.stop(timeout)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=timeout)
