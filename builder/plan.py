@@ -66,7 +66,8 @@ class Action:
             return f"{self.kind} {self.name} {self.repo} @ {self.sha[:12]}{where}{' (force)' if self.force else ''}"
         if self.kind == "fetch":
             return f"fetch {self.repo} into the git cache (needs {self.sha[:12]})"
-        return f"{self.kind} {self.name}{where}{': ' + self.detail if self.detail else ''}".replace("  ", " ")
+        head = " ".join(part for part in (self.kind, self.name) if part)
+        return f"{head}{where}{': ' + self.detail if self.detail else ''}"
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,11 @@ class _Executor:
 
     def do_pip(self, a: Action) -> None:
         spec, opts = self.spec, self.opts
+        if self.state.get("pip_digest") == pip_inputs_digest(self.home, spec, self.lock, opts):
+            log.info("requirements unchanged since the last install: pip step skipped")
+            if not self.lock["pip"].get("installed"):
+                self.do_record_pip(a)
+            return
         pinned = installed_versions(opts.python, list(spec.options.pin_installed))
         locked = self.lock["pip"].get("installed") or {}
         req = InstallRequest(
@@ -292,7 +297,11 @@ class _Executor:
         atomic_write(a.path, extra_model_paths_yaml(self.cfg.models_dir, self.lock))
 
     def do_models(self, a: Action) -> None:
-        from . import models  # the models area owns this package; imported only when needed
+        try:
+            from . import models  # the models area owns this package; imported only when needed
+        except ImportError:
+            raise BuildError("this spec has models but builder.models is missing from this checkout "
+                             "(pass --skip-models, or install the models package)") from None
 
         entries = []
         for spec_entry, rec in zip(self.spec.models, self.lock["models"]):

@@ -45,7 +45,7 @@ def pick_ref(refs: dict[str, str], ref: str) -> str | None:
 
 def _suggest(refs: dict[str, str], ref: str) -> str:
     names = sorted({r.split("/", 2)[-1] for r in refs if r.startswith(("refs/heads/", "refs/tags/"))})
-    close = difflib.get_close_matches(ref, names, n=3, cutoff=0.5)
+    close = sorted(difflib.get_close_matches(ref, names, n=3, cutoff=0.5))
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
@@ -100,8 +100,10 @@ def resolve_spec(spec: Spec, cache: GitCache, *, offline: bool, jobs: int = 4) -
         what, rs = item
         try:
             return resolve_repo(cache, rs, offline=offline, what=what)
-        except (_Missing, ResolveError, GitError) as exc:
+        except (_Missing, ResolveError) as exc:
             return exc
+        except GitError as exc:
+            return ResolveError(f"{what}: {exc}")
 
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(items)))) as pool:
         results = list(pool.map(one, items))

@@ -124,9 +124,9 @@ def model_filename(entry: dict) -> str:
 def model_target(entry: dict) -> str | None:
     """Target relative to the models dir (posix), or ``$COMFY_HOME/...``; None if it escapes."""
     raw = entry.get("target_path")
+    root = ""
     if raw:
         raw = str(raw).replace("\\", "/")
-        root = ""
         for prefix in ("$MODELS_DIR/", "${MODELS_DIR}/"):
             if raw.startswith(prefix):
                 raw = raw[len(prefix):]
