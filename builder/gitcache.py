@@ -19,8 +19,6 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from .errors import GitError
 
 log = logging.getLogger(__name__)
@@ -81,6 +79,8 @@ def redact_text(text: str) -> str:
 
 
 def _network_retry(fn):
+    from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
     return retry(reraise=True, stop=stop_after_attempt(3), wait=wait_exponential(multiplier=1, max=8),
                  retry=retry_if_exception_type(_TransientGitError))(fn)
 

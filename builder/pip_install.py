@@ -20,8 +20,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from .errors import InstallError
 
 log = logging.getLogger(__name__)
@@ -145,6 +143,8 @@ def requirement_roots(files: list[Path], packages: list[str]) -> list[tuple[str,
 
     for f in files:
         read(f)
+    from packaging.requirements import InvalidRequirement, Requirement
+
     roots: dict[str, set[str]] = {}
     for line in lines:
         try:
@@ -157,6 +157,8 @@ def requirement_roots(files: list[Path], packages: list[str]) -> list[tuple[str,
 
 def constraint_lines(spec_constraints: list[str], pinned: dict[str, str], locked: dict[str, str]) -> list[str]:
     """Spec constraints win, then installed pins, then the lock's recorded versions."""
+    from packaging.requirements import Requirement
+
     out: dict[str, str] = {}
     for line in spec_constraints:
         out.setdefault(normalize(Requirement(line).name), line)

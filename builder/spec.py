@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from .errors import SpecError
 
 SCHEMA_VERSION = 2
@@ -183,6 +181,8 @@ def _check_requirements(value: Any, path: str, out: _Problems, *, constraint: bo
     if not isinstance(value, list):
         out.add(path, "must be a list of pip requirement strings")
         return
+    if value:
+        from packaging.requirements import InvalidRequirement, Requirement  # only when needed: keeps start-up fast
     for i, item in enumerate(value):
         if not isinstance(item, str):
             out.add(f"{path}[{i}]", "must be a string like 'package==1.0'")
