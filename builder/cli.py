@@ -150,7 +150,7 @@ def cmd_resolve(cfg: BuildConfig, args: argparse.Namespace) -> int:
     lock = build_lock(spec, res, previous)
     if previous and previous.get("spec_digest") == spec.digest and previous.get("comfy") == lock["comfy"] \
             and previous.get("custom_nodes") == lock["custom_nodes"]:
-        lock["pip"]["installed"] = previous["pip"].get("installed", {})
+        lock["pip"]["installed"] = previous["pip"].get("installed")
     written = write_lock(path, lock)
     lines = [f"comfy  {lock['comfy']['commit']}"] + [f"{n['name']}  {n['commit']}" for n in lock["custom_nodes"]]
     lines.append(f"{'wrote' if written else 'unchanged'} {path}")

@@ -55,7 +55,7 @@ def build_lock(spec: Spec, res: Resolution, previous: dict | None = None) -> dic
         ],
         "models": models,
         "pip": {"constraints": list(spec.pip_constraints), "python_packages": list(spec.python_packages),
-                "installed": {}},
+                "installed": None},  # None until a realize records what it installed
     }
 
 
@@ -110,7 +110,7 @@ def shape_problems(lock: Any) -> list[str]:
     if not isinstance(lock.get("models"), list):
         out.append("models is not a list")
     pip = lock.get("pip")
-    if not isinstance(pip, dict) or not isinstance(pip.get("installed"), dict):
+    if not isinstance(pip, dict) or not isinstance(pip.get("installed"), (dict, type(None))):
         out.append("pip.installed is not an object")
     return out
 

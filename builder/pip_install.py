@@ -179,6 +179,7 @@ class InstallRequest:
     offline: bool = False
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
+    pinned: tuple[str, ...] = ()  # names held at their installed version (for the error message)
 
 
 def command(inst: Installer, req: InstallRequest, constraints_file: Path | None) -> list[str]:
@@ -226,6 +227,8 @@ def install(inst: Installer, req: InstallRequest) -> None:
             hint = f"add the missing wheels to {req.wheels_dir}"
         elif req.offline:
             hint = "run once online, or pass --wheels-dir"
+        if req.pinned:
+            hint += f"; {', '.join(req.pinned)} stay at their installed versions (options.pin_installed)"
         what = ", ".join([f.parent.name + "/" + f.name for f in req.requirement_files] + list(req.packages))
         raise InstallError(f"{inst.kind} install failed for {what}: {_tail(proc.stderr or proc.stdout)} ({hint})")
     log.debug("%s output: %s", inst.kind, _tail(proc.stderr, 20))

@@ -141,10 +141,9 @@ def make_plan(spec: Spec, lock: dict, obs: Observed, flags: Flags) -> Plan:
             actions.append(Action("remove_node", name=name, path=stray.path, force=bool(stray.dirty),
                                   detail="no longer in the spec"))
 
-    installed_locked = lock.get("pip", {}).get("installed") or {}
     if changed or changed_nodes or obs.pip_digest is None or obs.pip_digest != state.get("pip_digest"):
         actions.append(Action("pip", detail="ComfyUI + node requirements + python_packages"))
-    elif not installed_locked:
+    elif lock.get("pip", {}).get("installed") is None:
         actions.append(Action("record_pip", detail="record installed versions in the lock"))
 
     install_done = state.get("install_py", {})

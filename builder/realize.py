@@ -264,7 +264,7 @@ class _Executor:
         spec, opts = self.spec, self.opts
         if self.state.get("pip_digest") == pip_inputs_digest(self.home, spec, self.lock, opts):
             log.info("requirements unchanged since the last install: pip step skipped")
-            if not self.lock["pip"].get("installed"):
+            if self.lock["pip"].get("installed") is None:
                 self.do_record_pip(a)
             return
         pinned = installed_versions(opts.python, list(spec.options.pin_installed))
@@ -274,7 +274,7 @@ class _Executor:
             packages=spec.python_packages,
             constraints=tuple(constraint_lines(list(spec.pip_constraints), pinned, locked)),
             wheels_dir=opts.wheels_dir, offline=opts.offline, index_url=spec.options.pip_index_url,
-            extra_index_urls=spec.options.pip_extra_index_urls)
+            extra_index_urls=spec.options.pip_extra_index_urls, pinned=tuple(sorted(pinned)))
         install(find_installer(opts.installer), req)
         self.state["pip_digest"] = pip_inputs_digest(self.home, spec, self.lock, opts)
         self.save()

@@ -234,3 +234,40 @@ def test_models_through_the_seam_are_locked_and_idempotent(world, venv_python, t
     rec = json.loads(world.cfg.lock_path("demo").read_text())["models"][0]
     assert (rec["sha256"], rec["size"], rec["target"]) == (sha, 1100, "checkpoints/tiny.safetensors")
     assert realize(world.cfg, spec, opts(world, venv_python)).plan.empty
+
+
+def test_lock_without_recorded_versions_only_records_them(world, venv_python):
+    spec = load_spec(world.spec())
+    realize(world.cfg, spec, opts(world, venv_python))
+    path = world.cfg.lock_path("demo")
+    recorded = json.loads(path.read_text())["pip"]["installed"]
+    lock = json.loads(path.read_text())
+    lock["pip"]["installed"] = None  # as `resolve` writes it
+    path.write_text(json.dumps(lock))
+    site = venv_python.parent.parent / "lib"
+    before = tree_snapshot(site)
+    result = realize(world.cfg, spec, opts(world, venv_python))
+    assert [a.kind for a in result.plan.actions] == ["record_pip"]
+    assert tree_snapshot(site) == before
+    assert json.loads(path.read_text())["pip"]["installed"] == recorded
+    assert realize(world.cfg, spec, opts(world, venv_python)).plan.empty
+
+
+def test_installed_packages_are_pinned_not_replaced(world, venv_python):
+    from builder.pip_install import InstallRequest, find_installer, install
+    install(find_installer(), InstallRequest(python=venv_python, requirement_files=(), packages=("tinyfoo==1.0",),
+                                             constraints=(), wheels_dir=world.wheels))
+    spec = load_spec(world.spec(nodes=[], python_packages=["tinyfoo>=1.1"], options={"pin_installed": ["tinyfoo"]}))
+    with pytest.raises(InstallError, match=r"tinyfoo stay at their installed versions \(options.pin_installed\)"):
+        realize(world.cfg, spec, opts(world, venv_python))
+    assert site_versions(venv_python)["tinyfoo"] == "1.0"
+    world.cfg.lock_path("demo").unlink()
+    spec = load_spec(world.spec(nodes=[], python_packages=["tinyfoo>=1.1"], options={"pin_installed": []}))
+    realize(world.cfg, spec, opts(world, venv_python))
+    assert site_versions(venv_python)["tinyfoo"] == "1.1"
+
+
+def test_pip_fallback_installs_the_same_versions(world, venv_python):
+    spec = load_spec(world.spec())
+    realize(world.cfg, spec, opts(world, venv_python, installer="pip"))
+    assert site_versions(venv_python) == {"tinyfoo": "1.1", "tinydep": "1.0", "tinybar": "2.0", "tinyextra": "0.3"}
