@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 from .errors import GitError
+from .proc import run_logged
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ def run_git(args: list[str], *, cwd: Path | None = None, check: bool = True,
     """Run git with no terminal (it never prompts for a password); raise GitError on failure."""
     cmd = ["git", *GIT_OPTS, *args]
     try:
-        proc = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout, start_new_session=True)
+        proc = run_logged(cmd, what=f"git {args[0]} {what}".strip(), timeout=timeout or 3600, cwd=cwd,
+                          start_new_session=True)
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} {what} timed out after {timeout:.0f} s (check the network)") from None
     except FileNotFoundError:
@@ -154,7 +155,7 @@ class GitCache:
 
         @_network_retry
         def attempt() -> None:
-            proc = run_git(args, check=False, timeout=1800)
+            proc = run_git(args, check=False, timeout=1800, what=redact(url))
             if proc.returncode != 0:
                 msg = (f"cannot fetch {redact(url)}: {last_line(proc.stderr)} "
                        "(check the URL, the network and your git credentials)")
@@ -172,7 +173,7 @@ class GitCache:
 
         @_network_retry
         def attempt() -> None:
-            proc = run_git(["ls-remote", git_source(url)], check=False, timeout=300)
+            proc = run_git(["ls-remote", git_source(url)], check=False, timeout=300, what=redact(url))
             if proc.returncode != 0:
                 msg = (f"cannot reach {redact(url)}: {last_line(proc.stderr)} "
                        "(check the URL, the network and your git credentials)")

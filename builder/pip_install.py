@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InstallError
+from .proc import run_logged
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,9 @@ def install(inst: Installer, req: InstallRequest) -> None:
         log.info("installing %d requirement file(s) and %d package(s) with %s into %s",
                  len(req.requirement_files), len(req.packages), inst.kind, req.python)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=7200)
+            proc = run_logged(cmd, what=f"{inst.kind} install", timeout=7200)
+        except subprocess.TimeoutExpired:
+            raise InstallError(f"{inst.kind} install did not finish within 2 h (check the network or use --wheels-dir)") from None
         except FileNotFoundError:
             raise InstallError(f"{inst.kind} could not be started ({cmd[0]}); install it or use --installer pip") from None
     if proc.returncode != 0:
@@ -241,8 +244,10 @@ def run_install_py(python: Path, node_dir: Path) -> None:
         raise InstallError(f"{node_dir.name}: run_install_py is true but the node has no install.py "
                            "(set run_install_py to false)")
     log.info("running %s", script)
-    proc = subprocess.run([str(python), "install.py"], cwd=node_dir, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=3600)
+    try:
+        proc = run_logged([str(python), "install.py"], what=f"{node_dir.name}/install.py", timeout=3600, cwd=node_dir)
+    except subprocess.TimeoutExpired:
+        raise InstallError(f"{node_dir.name}/install.py did not finish within 1 h (set run_install_py to false)") from None
     if proc.returncode != 0:
         raise InstallError(f"{node_dir.name}/install.py failed (exit {proc.returncode}): {_tail(proc.stderr or proc.stdout)} "
                            "(fix the node, or set run_install_py to false)")
