@@ -364,6 +364,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # disk full, permissions, ...: one line, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where} (free space or fix permissions, then rerun)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to complete", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -95,6 +96,13 @@ class GitCache:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, url: str) -> threading.Lock:
+        """One in-process lock per mirror (threads of one resolve); other processes rely on atomic renames."""
+        with self._locks_guard:
+            return self._locks.setdefault(url.rstrip("/"), threading.Lock())
 
     # --- mirrors ---------------------------------------------------------------
     def mirror_path(self, url: str) -> Path:
@@ -107,6 +115,10 @@ class GitCache:
 
     def ensure(self, url: str) -> Path:
         """Create the mirror (online) if missing; return its path."""
+        with self._lock(url):
+            return self._ensure(url)
+
+    def _ensure(self, url: str) -> Path:
         path = self.mirror_path(url)
         if self.has_mirror(url):
             return path
@@ -128,11 +140,12 @@ class GitCache:
 
     def fetch(self, url: str) -> Path:
         """Bring the mirror up to date with the remote (creates it if missing)."""
-        path = self.mirror_path(url)
-        if not self.has_mirror(url):
-            return self.ensure(url)
-        self._fetch(path, url)
-        return path
+        with self._lock(url):
+            path = self.mirror_path(url)
+            if not self.has_mirror(url):
+                return self._ensure(url)
+            self._fetch(path, url)
+            return path
 
     def _fetch(self, git_dir: Path, url: str, *extra: str) -> None:
         log.info("fetching %s", redact(url))
@@ -144,8 +157,9 @@ class GitCache:
         """Fetch one commit not on any branch/tag (servers that allow it); keep it under refs/pinned."""
         path = self.ensure(url)
         try:
-            self._run_network(["--git-dir", str(path), "fetch", "--quiet", "--no-write-fetch-head",
-                               "origin", f"+{sha}:refs/pinned/{sha}"], url)
+            with self._lock(url):
+                self._run_network(["--git-dir", str(path), "fetch", "--quiet", "--no-write-fetch-head",
+                                   "origin", f"+{sha}:refs/pinned/{sha}"], url)
         except GitError:
             return False
         return self.has_commit(url, sha)

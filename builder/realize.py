@@ -10,6 +10,7 @@ custom_nodes, a suffix ComfyUI never imports) and renamed into place.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -311,11 +312,17 @@ class _Executor:
                     entry[key] = rec[key]
             entries.append(entry)
         offline = self.opts.offline or self.cfg.offline or self.spec.options.offline
+        extra = {}
+        if "comfy_home" in inspect.signature(models.realize_models).parameters:
+            extra["comfy_home"] = self.home  # for $COMFY_HOME in target_path when --target differs
         results = models.realize_models(entries, cfg=self.cfg, models_dir=self.cfg.models_dir, offline=offline,
-                                        overwrite=self.opts.force, jobs=self.opts.jobs)
-        by_source = {r.get("source"): r for r in results}
-        for rec in self.lock["models"]:
-            got = by_source.get(rec["source"], {})
+                                        overwrite=self.opts.force, jobs=self.opts.jobs, **extra)
+        if len(results) == len(self.lock["models"]):
+            pairs = list(zip(self.lock["models"], results))
+        else:
+            by_source = {r.get("source"): r for r in results}
+            pairs = [(rec, by_source.get(rec["source"], {})) for rec in self.lock["models"]]
+        for rec, got in pairs:
             for key in ("sha256", "size"):
                 if got.get(key) is not None and rec.get(key) != got[key]:
                     rec[key] = got[key]

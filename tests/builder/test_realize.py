@@ -137,7 +137,8 @@ def test_leftover_incomplete_checkout_is_cleaned_and_completed(world, venv_pytho
     assert git("rev-parse", "HEAD", cwd=home / "custom_nodes" / "node-c") == world.node_c.sha("v2")
 
 
-def test_killed_realize_completes_on_rerun(world, venv_python, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_killed_realize_completes_on_rerun(world, venv_python, tmp_path, sig):
     slow = node_repo(tmp_path / "slowrepo", "slow-node",
                      install_py="import os, pathlib, time\n"
                                 "p = pathlib.Path('runs.txt'); p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
@@ -148,13 +149,20 @@ def test_killed_realize_completes_on_rerun(world, venv_python, tmp_path):
            str(venv_python), "--wheels-dir", str(world.wheels)]
     node = world.tmp / "target" / "ComfyUI" / "custom_nodes" / "slow-node"
     proc = subprocess.Popen(cmd, env={**world.env, "SLOW_INSTALL": "60"}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (node / "runs.txt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "realize ended before install.py ran"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, sig)
+        proc.wait()
+    else:  # Ctrl-C reaches realize: it stops its child and says how to finish
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 1
+    if sig == signal.SIGINT:
+        assert proc.stderr.read().strip().splitlines()[-1] == (
+            "error: interrupted; run the same command again to complete")
     assert "slow-node" not in read_state(world.tmp / "target" / "ComfyUI").get("install_py", {})
     done = subprocess.run(cmd, env=world.env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
