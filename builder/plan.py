@@ -15,6 +15,7 @@ from pathlib import Path
 from .spec import Spec
 
 STATE_FILE = ".version-state.json"
+EXTRA_PATHS_HEADER = b"# Written by version.py realize"
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,13 @@ def make_plan(spec: Spec, lock: dict, obs: Observed, flags: Flags) -> Plan:
             actions.append(Action("install_py", name=node["name"], path=obs.nodes[node["name"]].path))
 
     if obs.extra_paths_wanted is not None and obs.extra_paths_wanted != obs.extra_paths_current:
-        actions.append(Action("extra_paths", path=obs.home / "extra_model_paths.yaml",
-                              detail="models live outside COMFY_HOME"))
+        yaml_path = obs.home / "extra_model_paths.yaml"
+        if obs.extra_paths_current is not None and not obs.extra_paths_current.startswith(EXTRA_PATHS_HEADER) \
+                and not flags.force:
+            problems.append(f"{yaml_path} exists and was not written by version.py: merge it by hand "
+                            "(or pass --force to replace it)")
+        else:
+            actions.append(Action("extra_paths", path=yaml_path, detail="models live outside COMFY_HOME"))
     if lock["models"] and not flags.skip_models and not spec.options.skip_models and not obs.models_ok:
         actions.append(Action("models", detail=f"{len(lock['models'])} model(s)"))
     return Plan(tuple(actions), tuple(problems), tuple(missing))

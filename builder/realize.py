@@ -26,7 +26,7 @@ from .gitcache import GitCache, is_dirty, is_git_checkout, read_head
 from .lock import atomic_write, build_lock, check, read_lock, write_lock
 from .pip_install import (InstallRequest, closure, constraint_lines, find_installer, install,
                           installed_versions, requirement_roots, run_install_py)
-from .plan import STATE_FILE, Action, Checkout, Flags, Observed, Plan, digest, make_plan
+from .plan import EXTRA_PATHS_HEADER, STATE_FILE, Action, Checkout, Flags, Observed, Plan, digest, make_plan
 from .resolve import resolve_spec
 from .spec import Spec
 
@@ -59,9 +59,11 @@ class RealizeResult:
     done: list[str] = field(default_factory=list)
     lock_written: bool = False
 
+    dry_run: bool = False
+
     def to_dict(self) -> dict:
         return {"home": str(self.home), "lock": str(self.lock_path), "plan": self.plan.lines(),
-                "done": self.done, "lock_written": self.lock_written, "dry_run_only": not self.done and not self.plan.empty}
+                "done": self.done, "lock_written": self.lock_written, "dry_run": self.dry_run}
 
 
 # --- lock --------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def extra_model_paths_yaml(models_dir: Path, lock: dict) -> bytes:
     for rec in lock["models"]:
         if not rec["target"].startswith("$COMFY_HOME/") and "/" in rec["target"]:
             folders.add(rec["target"].split("/", 1)[0])
-    lines = ["# Written by version.py realize: models live outside COMFY_HOME.", "runpod_comfy_models:",
+    lines = [EXTRA_PATHS_HEADER.decode() + ": models live outside COMFY_HOME.", "runpod_comfy_models:",
              f"  base_path: {json.dumps(str(models_dir))}", "  is_default: true"]
     lines += [f"  {name}: {name}" for name in sorted(folders)]
     return ("\n".join(lines) + "\n").encode()
@@ -347,7 +349,8 @@ def realize(cfg: BuildConfig, spec: Spec, opts: RealizeOptions) -> RealizeResult
     home = (opts.target or cfg.comfy_home_for(spec.version_id)).expanduser().absolute()
     flags = Flags(offline=offline, force=opts.force, skip_models=opts.skip_models)
     plan = make_plan(spec, lock, observe(cfg, spec, lock, home, opts), flags)
-    result = RealizeResult(home=home, lock_path=cfg.lock_path(spec.version_id), plan=plan, lock_written=lock_written)
+    result = RealizeResult(home=home, lock_path=cfg.lock_path(spec.version_id), plan=plan, lock_written=lock_written,
+                           dry_run=opts.dry_run)
     if opts.dry_run:
         return result
     if plan.problems:

@@ -279,3 +279,16 @@ def test_pip_fallback_installs_the_same_versions(world, venv_python):
     spec = load_spec(world.spec())
     realize(world.cfg, spec, opts(world, venv_python, installer="pip"))
     assert site_versions(venv_python) == {"tinyfoo": "1.1", "tinydep": "1.0", "tinybar": "2.0", "tinyextra": "0.3"}
+
+
+def test_users_own_extra_model_paths_is_not_overwritten(world, venv_python):
+    spec = load_spec(world.spec(nodes=[]))
+    home = world.tmp / "target" / "ComfyUI"
+    realize(world.cfg, spec, opts(world, venv_python))
+    mine = "my_models:\n  base_path: /data\n  checkpoints: ckpt\n"
+    (home / "extra_model_paths.yaml").write_text(mine)
+    with pytest.raises(TargetModifiedError, match="extra_model_paths.yaml exists and was not written by version.py"):
+        realize(world.cfg, spec, opts(world, venv_python))
+    assert (home / "extra_model_paths.yaml").read_text() == mine
+    realize(world.cfg, spec, opts(world, venv_python, force=True))
+    assert "runpod_comfy_models:" in (home / "extra_model_paths.yaml").read_text()
