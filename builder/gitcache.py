@@ -244,7 +244,8 @@ class GitCache:
             run_git(["-C", str(dest), "fetch", "--quiet", "--no-write-fetch-head", str(self.mirror_path(url)), sha],
                     what=f"{sha[:12]} into {dest.name}")
         if force and is_dirty(dest):
-            run_git(["-C", str(dest), "stash", "push", "--quiet", "-m", "saved by version.py realize --force"],
+            run_git(["-C", str(dest), "-c", "user.name=version.py", "-c", "user.email=version.py@localhost",
+                     "stash", "push", "--quiet", "-m", "saved by version.py realize --force"],
                     what=f"(saving local changes in {dest})")
             log.warning("local changes in %s saved with `git stash` (see `git -C %s stash list`)", dest, dest)
         args = ["-C", str(dest), "checkout", "--quiet", "--detach"] + (["--force"] if force else []) + [sha]
