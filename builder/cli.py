@@ -21,6 +21,7 @@ from .errors import BuildError, LockError, SpecError, TargetModifiedError, Usage
 
 log = logging.getLogger(__name__)
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
+PASS_THROUGH = ("run-ui", "run-handler")
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -253,29 +254,35 @@ def cmd_delete(cfg: BuildConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _dispatch(module: str, func: str, argv: list[str], what: str) -> int:
+def _dispatch(module: str, func: str, argv: list[str], what: str, env: Mapping[str, str] | None) -> int:
+    """Call ``module.func(argv)`` (imported only now); say in one line when the module is absent."""
     import importlib
+    import inspect
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name and module.startswith(exc.name):
+            if {"-h", "--help"} & set(argv):
+                print(f"usage: version.py {what} ARGS... (runs {module}.{func}, which this checkout lacks)")
+                return 0
             raise BuildError(f"{what} is not available: module {module} is missing from this checkout") from None
         raise
-    result = getattr(mod, func)(argv)
-    return int(result or 0)
+    target = getattr(mod, func)
+    kwargs = {"env": env} if env is not None and "env" in inspect.signature(target).parameters else {}
+    return int(target(argv, **kwargs) or 0)
 
 
 def cmd_run_ui(cfg: BuildConfig, args: argparse.Namespace) -> int:
-    return _dispatch("rp_handler.localrun", "run_ui", args.rest, "run-ui")
+    return _dispatch("rp_handler.localrun", "run_ui", args.rest, "run-ui", args.env)
 
 
 def cmd_run_handler(cfg: BuildConfig, args: argparse.Namespace) -> int:
-    return _dispatch("rp_handler.localrun", "run_handler", args.rest, "run-handler")
+    return _dispatch("rp_handler.localrun", "run_handler", args.rest, "run-handler", args.env)
 
 
 def cmd_verify_models(cfg: BuildConfig, args: argparse.Namespace) -> int:
     return _dispatch("builder.models.cli", "main", ["--spec", str(spec_path_for(cfg, args.id)), *args.rest],
-                     "verify-models")
+                     "verify-models", args.env)
 
 
 # --- parser ------------------------------------------------------------------------
@@ -351,7 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i = next((n for n, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if i < len(argv) and argv[i] in PASS_THROUGH:  # everything after it belongs to the runtime's parser
+        args = parser.parse_args(argv[:i + 1])
+        args.rest = argv[i + 1:]
+    else:
+        args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -359,6 +372,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    args.env = env
     try:
         return args.func(cfg, args)
     except BuildError as exc:

@@ -144,3 +144,13 @@ def test_dispatchers_say_in_one_line_when_their_module_is_missing(world):
 ])
 def test_repo_at_ref_parsing(value, expected):
     assert split_repo_ref(value) == expected
+
+
+def test_dispatcher_help_works_without_its_module(world):
+    try:
+        import rp_handler.localrun  # noqa: F401
+        pytest.skip("rp_handler.localrun is present in this checkout")
+    except ImportError:
+        pass
+    proc = run(world, "run-handler", "--help")
+    assert proc.returncode == 0 and "rp_handler.localrun.run_handler" in proc.stdout
