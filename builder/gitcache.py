@@ -17,6 +17,7 @@ import secrets
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 FETCH_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+STALE_TMP_S = 6 * 3600  # a mirror being created for longer than this is abandoned
 GIT_OPTS = ("-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=60", "-c", "advice.detachedHead=false",
             "-c", "gc.auto=0", "-c", "maintenance.auto=false")
 
@@ -123,6 +125,9 @@ class GitCache:
         if self.has_mirror(url):
             return path
         self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(f"{path.name}.*.incomplete"):  # left by a killed run long ago
+            if time.time() - stale.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.incomplete")
         try:
             run_git(["init", "--quiet", "--bare", str(tmp)], what=str(tmp))

@@ -160,6 +160,9 @@ def make_plan(spec: Spec, lock: dict, obs: Observed, flags: Flags) -> Plan:
                             "(or pass --force to replace it)")
         else:
             actions.append(Action("extra_paths", path=yaml_path, detail="models live outside COMFY_HOME"))
+    elif obs.extra_paths_wanted is None and (obs.extra_paths_current or b"").startswith(EXTRA_PATHS_HEADER):
+        actions.append(Action("clean", name="extra_model_paths.yaml", path=obs.home / "extra_model_paths.yaml",
+                              detail="models now live inside COMFY_HOME"))
     if lock["models"] and not flags.skip_models and not spec.options.skip_models and not obs.models_ok:
         actions.append(Action("models", detail=f"{len(lock['models'])} model(s)"))
     return Plan(tuple(actions), tuple(problems), tuple(missing))

@@ -292,3 +292,14 @@ def test_users_own_extra_model_paths_is_not_overwritten(world, venv_python):
     assert (home / "extra_model_paths.yaml").read_text() == mine
     realize(world.cfg, spec, opts(world, venv_python, force=True))
     assert "runpod_comfy_models:" in (home / "extra_model_paths.yaml").read_text()
+
+
+def test_our_extra_model_paths_is_removed_when_models_move_inside(world, venv_python):
+    spec = load_spec(world.spec(nodes=[]))
+    home = world.tmp / "target" / "ComfyUI"
+    realize(world.cfg, spec, opts(world, venv_python))
+    assert (home / "extra_model_paths.yaml").exists()
+    inside = world.with_env(MODELS_DIR=str(home / "models"))
+    realize(inside.cfg, spec, opts(inside, venv_python))
+    assert not (home / "extra_model_paths.yaml").exists()
+    assert realize(inside.cfg, spec, opts(inside, venv_python)).plan.empty
