@@ -303,3 +303,19 @@ def test_our_extra_model_paths_is_removed_when_models_move_inside(world, venv_py
     realize(inside.cfg, spec, opts(inside, venv_python))
     assert not (home / "extra_model_paths.yaml").exists()
     assert realize(inside.cfg, spec, opts(inside, venv_python)).plan.empty
+
+
+def test_locked_commit_gone_from_the_remote_is_one_line(world, venv_python):
+    from builder.errors import BuildError
+    from builder.lock import read_lock, write_lock
+    spec = load_spec(world.spec())
+    realize(world.cfg, spec, opts(world, venv_python, dry_run=True))  # resolves, writes nothing
+    from builder.realize import ensure_lock
+    lock, _ = ensure_lock(world.cfg, spec, offline=False, write=True)
+    lock["custom_nodes"][0]["commit"] = "f" * 40  # e.g. force-pushed away upstream
+    write_lock(world.cfg.lock_path("demo"), lock)
+    with pytest.raises(BuildError) as info:
+        realize(world.cfg, spec, opts(world, venv_python))
+    assert str(info.value) == (f"node-a: commit {'f' * 40} is no longer in {world.node_a.url} "
+                               "(run `version.py resolve demo` to pick a new one)")
+    assert read_lock(world.cfg.lock_path("demo"))["custom_nodes"][0]["commit"] == "f" * 40
