@@ -1,0 +1,391 @@
+"""``python3 scripts/version.py``: manage pinned ComfyUI versions.
+
+Exit codes: 0 ok, 1 failed (one-line error on stderr), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .config import BuildConfig
+from .errors import BuildError, LockError, SpecError, TargetModifiedError, UsageError
+
+log = logging.getLogger(__name__)
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+PASS_THROUGH = ("run-ui", "run-handler")
+
+
+# --- helpers -----------------------------------------------------------------------
+def spec_path_for(cfg: BuildConfig, ref: str) -> Path:
+    """``<id>`` → versions/<id>.json; anything that looks like a path is used as is."""
+    if ref.endswith((".json", ".yaml", ".yml")) or "/" in ref:
+        return Path(ref)
+    return cfg.spec_path(ref)
+
+
+def load(cfg: BuildConfig, ref: str):
+    from .spec import load_spec
+    return load_spec(spec_path_for(cfg, ref))
+
+
+def emit(args: argparse.Namespace, data: Any, text: str | list[str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        print("\n".join(text) if isinstance(text, list) else text)
+
+
+def split_repo_ref(value: str) -> dict:
+    """``URL@REF`` → {repo, ref|commit}; ``git@host:org/repo`` alone has no ref."""
+    repo, sep, ref = value.rpartition("@")
+    if not sep or not repo or "/" in ref or ":" in ref or not ref:
+        return {"repo": value}
+    return {"repo": repo, "commit": ref} if HEX40.match(ref) else {"repo": repo, "ref": ref}
+
+
+def json_or_file(value: str | None, what: str) -> list:
+    if value is None:
+        return []
+    text = value
+    path = Path(value)
+    if not value.lstrip().startswith(("[", "{")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--{what}: {value!r} is neither JSON nor a readable file ({exc.strerror})") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json or yaml parse error
+        raise UsageError(f"--{what}: cannot parse {value[:60]!r}: {str(exc).splitlines()[0]}") from None
+    if isinstance(data, dict) and what in data:
+        data = data[what]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise UsageError(f"--{what}: expected a JSON list (or object) of {what}")
+    return data
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+# --- commands ----------------------------------------------------------------------
+def cmd_create(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    from .lock import atomic_write
+    from .spec import SCHEMA_VERSION, model_target, validate
+
+    nodes = [split_repo_ref(n) if isinstance(n, str) else n for n in json_or_file(args.nodes, "nodes")]
+    models = [{"source": m} if isinstance(m, str) else dict(m) for m in json_or_file(args.models, "models")]
+    if args.auto_checksum:
+        if not args.models_root:
+            raise UsageError("--auto-checksum needs --models-root DIR (where the model files are)")
+        root = Path(args.models_root)
+        for m in models:
+            if m.get("checksum"):
+                continue
+            target = model_target(m) if isinstance(m.get("source"), str) else None
+            cands = [root / target] if target and not target.startswith("$") else []
+            src = str(m.get("source", ""))
+            if src.startswith("file://"):
+                cands.append(Path(src[7:]))
+            elif "://" not in src and src:
+                cands += [root / src, Path(src)]
+            found = next((c for c in cands if c.is_file()), None)
+            if found is None:
+                raise UsageError(f"--auto-checksum: no local file for model {src!r} under {root}")
+            m["checksum"] = "sha256:" + sha256_file(found)
+    data = {"schema_version": SCHEMA_VERSION, "version_id": args.id, "comfy": split_repo_ref(args.repo),
+            "custom_nodes": nodes, "models": models, "python_packages": [], "env": {}, "options": {}}
+    out = Path(args.output) if args.output else cfg.spec_path(args.id)
+    validate(data, str(out), expected_id=out.name[:-5] if out.name.endswith(".json") else None)
+    if out.exists() and not args.force:
+        raise BuildError(f"{out} already exists (pass --force to overwrite, or choose another id/--output)")
+    atomic_write(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+    emit(args, {"spec": str(out)}, f"wrote {out}")
+    return 0
+
+
+def cmd_validate(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    try:
+        spec = load(cfg, args.id)
+    except SpecError as exc:
+        if args.json:
+            emit(args, {"ok": False, "source": exc.source, "problems": exc.problems}, "")
+            return 1
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    emit(args, {"ok": True, "version_id": spec.version_id, "digest": spec.digest},
+         f"{spec.version_id}: valid ({len(spec.custom_nodes)} node(s), {len(spec.models)} model(s))")
+    return 0
+
+
+def cmd_resolve(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    from .gitcache import GitCache
+    from .lock import build_lock, read_lock, write_lock
+    from .resolve import resolve_spec
+
+    spec = load(cfg, args.id)
+    path = cfg.lock_path(spec.version_id)
+    try:
+        previous = read_lock(path)
+    except LockError:
+        previous = None  # a corrupt lock is replaced
+    res = resolve_spec(spec, GitCache(cfg.git_cache), offline=args.offline or cfg.offline or spec.options.offline)
+    lock = build_lock(spec, res, previous)
+    if previous and previous.get("spec_digest") == spec.digest and previous.get("comfy") == lock["comfy"] \
+            and previous.get("custom_nodes") == lock["custom_nodes"]:
+        lock["pip"]["installed"] = previous["pip"].get("installed")
+    written = write_lock(path, lock)
+    lines = [f"comfy  {lock['comfy']['commit']}"] + [f"{n['name']}  {n['commit']}" for n in lock["custom_nodes"]]
+    lines.append(f"{'wrote' if written else 'unchanged'} {path}")
+    emit(args, {"lock": str(path), "written": written, "comfy": lock["comfy"]["commit"],
+                "custom_nodes": {n["name"]: n["commit"] for n in lock["custom_nodes"]}}, lines)
+    return 0
+
+
+def cmd_realize(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    from .realize import RealizeOptions, realize
+
+    spec = load(cfg, args.id)
+    wheels = Path(args.wheels_dir).expanduser() if args.wheels_dir else None
+    if wheels is not None and not wheels.is_dir():
+        raise UsageError(f"--wheels-dir {wheels} is not a directory")
+    python = Path(args.python).expanduser() if args.python else Path(sys.executable)
+    opts = RealizeOptions(target=Path(args.target) if args.target else None, offline=args.offline,
+                          wheels_dir=wheels.absolute() if wheels else None, dry_run=args.dry_run, force=args.force,
+                          python=python, skip_models=args.skip_models, installer=args.installer, jobs=args.jobs)
+    result = realize(cfg, spec, opts)
+    if args.dry_run:
+        emit(args, result.to_dict(), [f"plan for {result.home} (dry run, nothing changed):"]
+             + [f"  {ln}" for ln in result.plan.lines()])
+    else:
+        text = [f"realized {spec.version_id} into {result.home}"] + [f"  {d}" for d in result.done]
+        if not result.done:
+            text = [f"{result.home} already matches the lock: nothing to do"]
+        emit(args, result.to_dict(), text)
+    return 0
+
+
+def cmd_lock(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    from .lock import check, read_lock
+
+    spec = load(cfg, args.id)
+    path = cfg.lock_path(spec.version_id)
+    try:
+        lock = read_lock(path)
+    except LockError as exc:
+        emit(args, {"fresh": False, "lock": str(path), "reason": str(exc)}, str(exc))
+        return 1
+    if not args.check:
+        if lock is None:
+            raise LockError(f"no lock at {path}: run `version.py resolve {spec.version_id}`")
+        sys.stdout.write(path.read_text())
+        return 0
+    fresh, reason = check(spec, lock)
+    fix = "" if fresh else f" (run `version.py resolve {spec.version_id}`)"
+    emit(args, {"fresh": fresh, "lock": str(path), "reason": reason},
+         f"{'fresh' if fresh else 'stale'}: {path}: {reason}{fix}")
+    return 0 if fresh else 1
+
+
+def cmd_clone(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    from .lock import atomic_write
+    from .spec import load_json, validate
+
+    src = spec_path_for(cfg, args.src)
+    data = load_json(src)
+    validate(data, str(src))
+    data["version_id"] = args.dst
+    out = cfg.spec_path(args.dst)
+    validate(data, str(out), expected_id=args.dst)
+    if out.exists() and not args.force:
+        raise BuildError(f"{out} already exists (pass --force to overwrite, or choose another id)")
+    atomic_write(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+    emit(args, {"spec": str(out)}, f"wrote {out}")
+    return 0
+
+
+def cmd_delete(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    from .gitcache import is_dirty, is_git_checkout
+    from .plan import STATE_FILE
+    from .realize import read_state
+
+    vid = args.id
+    home = (Path(args.target) if args.target else cfg.comfy_home_for(vid)).expanduser().absolute()
+    removed: list[str] = []
+    if home.exists():
+        state = read_state(home)
+        if state.get("version_id") != vid:
+            raise BuildError(f"{home} was not realized by version.py for {vid!r} (no matching {STATE_FILE}); "
+                             "remove it by hand if you are sure")
+        dirty = [p for p in [home, *(home / "custom_nodes" / n for n in state.get("nodes", {}))]
+                 if is_git_checkout(p) and is_dirty(p)]
+        if dirty and not args.force:
+            raise TargetModifiedError(f"{dirty[0]} has local modifications: commit or copy them, or pass --force")
+        shutil.rmtree(home)
+        removed.append(str(home))
+    lock = cfg.lock_path(vid)
+    if lock.exists():
+        lock.unlink()
+        removed.append(str(lock))
+    if args.remove_spec:
+        spec = cfg.spec_path(vid)
+        if spec.exists():
+            spec.unlink()
+            removed.append(str(spec))
+    emit(args, {"removed": removed}, [f"removed {r}" for r in removed] or [f"nothing to delete for {vid}"])
+    return 0
+
+
+def _dispatch(module: str, func: str, argv: list[str], what: str, env: Mapping[str, str] | None) -> int:
+    """Call ``module.func(argv)`` (imported only now); say in one line when the module is absent."""
+    import importlib
+    import inspect
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            if {"-h", "--help"} & set(argv):
+                print(f"usage: version.py {what} ARGS... (runs {module}.{func}, which this checkout lacks)")
+                return 0
+            raise BuildError(f"{what} is not available: module {module} is missing from this checkout") from None
+        raise
+    target = getattr(mod, func)
+    kwargs = {"env": env} if env is not None and "env" in inspect.signature(target).parameters else {}
+    return int(target(argv, **kwargs) or 0)
+
+
+def cmd_run_ui(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    return _dispatch("rp_handler.localrun", "run_ui", args.rest, "run-ui", args.env)
+
+
+def cmd_run_handler(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    return _dispatch("rp_handler.localrun", "run_handler", args.rest, "run-handler", args.env)
+
+
+def cmd_verify_models(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    return _dispatch("builder.models.cli", "main", ["--spec", str(spec_path_for(cfg, args.id)), *args.rest],
+                     "verify-models", args.env)
+
+
+# --- parser ------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="version.py", description="Pinned ComfyUI versions: spec → lock → realized install.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_: str, *, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    sp = add("create", cmd_create, "write versions/<id>.json from a ComfyUI repo, nodes and models")
+    sp.add_argument("id")
+    sp.add_argument("--repo", required=True, help="ComfyUI repo as URL@REF (REF: branch, tag or 40-hex commit)")
+    sp.add_argument("--nodes", help="JSON list or a JSON/YAML file: [{repo, ref?, commit?, name?}] or ['URL@REF']")
+    sp.add_argument("--models", help="JSON list or a JSON/YAML file: [{source, target_subdir?, target_path?, name?, checksum?}]")
+    sp.add_argument("--models-root", help="local folder holding the model files (for --auto-checksum)")
+    sp.add_argument("--auto-checksum", action="store_true", help="fill sha256 checksums from files under --models-root")
+    sp.add_argument("--output", help="where to write the spec (default versions/<id>.json)")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing spec")
+
+    sp = add("validate", cmd_validate, "check a spec and list every problem (no network)")
+    sp.add_argument("id", help="version id or path to a spec file")
+
+    sp = add("resolve", cmd_resolve, "resolve refs to commit SHAs and write the lock")
+    sp.add_argument("id", help="version id or path to a spec file")
+    sp.add_argument("--offline", action="store_true", help="use only the local git cache")
+
+    sp = add("realize", cmd_realize, "check out ComfyUI and nodes, install requirements and models")
+    sp.add_argument("id", help="version id or path to a spec file")
+    sp.add_argument("--target", help="COMFY_HOME to realize into (default: COMFY_HOME or the seed-003 default)")
+    sp.add_argument("--offline", action="store_true", help="use only local caches; fail listing what is missing")
+    sp.add_argument("--wheels-dir", help="install Python packages only from this folder of wheels (no index)")
+    sp.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    sp.add_argument("--force", action="store_true", help="update checkouts with local changes (saved by git stash)")
+    sp.add_argument("--python", help="interpreter to install requirements into (default: this one)")
+    sp.add_argument("--skip-models", action="store_true", help="do not fetch models")
+    sp.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto", help="uv when present (auto) or pip")
+    sp.add_argument("--jobs", type=int, default=4, help="parallel model downloads")
+
+    sp = add("lock", cmd_lock, "print the lock, or --check whether it is fresh for the spec (no network)")
+    sp.add_argument("id", help="version id or path to a spec file")
+    sp.add_argument("--check", action="store_true", help="exit 0 when fresh, 1 when stale, missing or corrupt")
+
+    sp = add("clone", cmd_clone, "copy versions/<src>.json to versions/<dst>.json with the new id")
+    sp.add_argument("src")
+    sp.add_argument("dst")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing destination spec")
+
+    sp = add("delete", cmd_delete, "remove a realized version and its lock (models and git cache are shared: kept)")
+    sp.add_argument("id")
+    sp.add_argument("--target", help="the COMFY_HOME to remove (default: as realize computes it)")
+    sp.add_argument("--remove-spec", action="store_true", help="also delete versions/<id>.json")
+    sp.add_argument("--force", action="store_true", help="delete even with local modifications")
+
+    for name, func, help_ in (("run-ui", cmd_run_ui, "start ComfyUI's UI for a realized version (rp_handler.localrun)"),
+                              ("run-handler", cmd_run_handler, "run the handler locally on a workflow (rp_handler.localrun)")):
+        sp = sub.add_parser(name, help=help_, description=help_, add_help=False)
+        sp.set_defaults(func=func)
+        sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed on (try --help)")
+    sp = sub.add_parser("verify-models", help="check/fetch a version's models (builder.models.cli)",
+                        description="check/fetch a version's models (builder.models.cli)")
+    sp.set_defaults(func=cmd_verify_models)
+    sp.add_argument("id", help="version id or path to a spec file")
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed on to verify_models")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i = next((n for n, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if i < len(argv) and argv[i] in PASS_THROUGH:  # everything after it belongs to the runtime's parser
+        args = parser.parse_args(argv[:i + 1])
+        args.rest = argv[i + 1:]
+    else:
+        args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = BuildConfig.from_env(os.environ if env is None else env)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.env = env
+    try:
+        return args.func(cfg, args)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # disk full, permissions, ...: one line, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where} (free space or fix permissions, then rerun)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to complete", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
