@@ -26,19 +26,7 @@ log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class _RedactQueries(logging.Filter):
-    """huggingface_hub logs download URLs; signed CDN URLs carry secrets in the query."""
 
-    _Q = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        if "?" in msg:
-            record.msg, record.args = self._Q.sub(r"\1?<redacted>", msg), None
-        return True
-
-
-logging.getLogger("huggingface_hub").addFilter(_RedactQueries())
 
 
 @dataclass
