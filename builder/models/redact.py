@@ -15,6 +15,7 @@ _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-~+/=]+")
 LOGGERS = (
     "httpx", "httpx2", "urllib3.connectionpool", "huggingface_hub", "huggingface_hub.file_download",
     "huggingface_hub.utils._http", "google.resumable_media", "google.cloud.storage",
+    *(f"{core}.{mod}" for core in ("httpcore", "httpcore2") for mod in ("http11", "http2", "connection", "proxy")),
 )
 
 

@@ -25,6 +25,7 @@ from builder.models.checksum import Digests
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 30 * 60
+STALE_TEMP_S = 24 * 3600  # temps of writers killed mid-download are swept after a day
 
 
 class Store:
@@ -47,6 +48,7 @@ class Store:
         """Where a writer puts its ``.incomplete``: the blob's own dir when the hash is known."""
         d = self.blob_path("sha256", sha256).parent if sha256 else self.models / ".incoming"
         d.mkdir(parents=True, exist_ok=True)
+        sweep_stale(d)
         return d
 
     def commit(self, tmp: Path, digests: Digests) -> Path:
@@ -122,3 +124,12 @@ class Store:
             yield
         finally:
             os.close(fd)
+
+
+def sweep_stale(directory: Path, max_age: float = STALE_TEMP_S) -> None:
+    """Remove ``*.incomplete`` left by killed writers (old enough that nobody is still writing them)."""
+    cutoff = time.time() - max_age
+    for p in directory.glob("*.incomplete"):
+        with contextlib.suppress(OSError):
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
