@@ -78,14 +78,26 @@ class Digests:
 Progress = Callable[[int], None]
 
 
-def hash_mmap(mm, size: int, digests: Digests, progress: Progress | None = None) -> None:
+def drop_pages(mm, off: int, length: int) -> None:
+    """Unmap slices we are done with so RSS stays flat (the page cache keeps the data)."""
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, off, length)
+    except (OSError, ValueError):
+        pass
+
+
+def hash_mmap(mm, size: int, digests: Digests, progress: Progress | None = None, start: int = 0) -> None:
+    """Hash ``mm[start:size]`` in 8 MiB slices (``start`` page-aligned)."""
     view = memoryview(mm)
     try:
-        for off in range(0, size, SLICE):
-            chunk = view[off : off + SLICE]
+        for off in range(start, size, SLICE):
+            chunk = view[off : min(off + SLICE, size)]
             digests.update(chunk)
+            n = len(chunk)
+            chunk.release()
+            drop_pages(mm, off, n)
             if progress:
-                progress(len(chunk))
+                progress(n)
     finally:
         view.release()
 

@@ -29,7 +29,7 @@ import urllib3
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from builder.errors import AuthError, DownloadError, NotFoundError
-from builder.models.checksum import SLICE, Digests, HashThread, hash_mmap
+from builder.models.checksum import SLICE, Digests, HashThread, drop_pages
 from builder.models.sources import host_of, redact_url
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,10 @@ def _parallel(fd, url, total, validator, label, opts, algos, progress) -> Digest
                 if not pieces.wait_done(i):
                     return
                 for o in range(off, off + length, SLICE):
-                    digests.update(view[o : min(o + SLICE, off + length)])
+                    n = min(SLICE, off + length - o)
+                    with view[o : o + n] as chunk:
+                        digests.update(chunk)
+                    drop_pages(mm, o, n)
         finally:
             view.release()
 
