@@ -40,6 +40,7 @@ BUILD_ENV: tuple[EnvVar, ...] = (
     EnvVar("CIVITAI_TOKEN", "", "Civitai token, sent only to civitai.com."),
     EnvVar("HF_ENDPOINT", "https://huggingface.co", "Hugging Face endpoint (tests point it at a local server)."),
     EnvVar("MODEL_DOWNLOAD_CONNECTIONS", "4", "Parallel ranged connections for large HTTP model downloads."),
+    EnvVar("CIVITAI_ENDPOINT", "https://civitai.com", "Civitai endpoint for civitai:<id> sources (tests point it at a local server)."),
 )
 
 
@@ -67,6 +68,7 @@ class BuildConfig:
     download_connections: int
     hf_token: str = field(default="", repr=False)
     civitai_token: str = field(default="", repr=False)
+    civitai_endpoint: str = "https://civitai.com"
 
     @classmethod
     def from_env(
@@ -102,6 +104,7 @@ class BuildConfig:
             download_connections=max(1, connections),
             hf_token=env.get("HF_TOKEN", ""),
             civitai_token=env.get("CIVITAI_TOKEN", ""),
+            civitai_endpoint=(env.get("CIVITAI_ENDPOINT") or "https://civitai.com").rstrip("/"),
         )
 
     # --- derived paths -------------------------------------------------------------

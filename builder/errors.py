@@ -78,3 +78,15 @@ class AuthError(DownloadError, PermissionError):
 
 class NotFoundError(DownloadError, FileNotFoundError):
     pass
+
+
+class ModelSpecError(ModelError, ValueError):
+    """A model entry is malformed (source, checksum, target)."""
+
+
+class ModelMissingError(ModelError, LookupError):
+    """A model is neither at its target nor in the store, and the network may not be used."""
+
+
+class DiskFullError(ModelError):
+    """No space left while writing a model; the temp file was removed."""

@@ -1,0 +1,83 @@
+"""Atomic file placement: each writer its own ``<name>.<random>.incomplete``, then ``os.replace``.
+
+Correctness never depends on a lock: two writers of the same file each write their
+own temp in the destination directory and the last ``os.replace`` wins with a
+complete, verified file.  Disk-full errors become :class:`DiskFullError` with the
+temp removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from builder.errors import DiskFullError
+
+_NOSPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def temp_name(dest: Path) -> Path:
+    return dest.with_name(f"{dest.name}.{secrets.token_hex(6)}.incomplete")
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _NOSPACE
+
+
+def check_free_space(directory: Path, needed: int | None, what: str) -> None:
+    """Fail early when ``needed`` bytes clearly do not fit in ``directory``."""
+    if not needed:
+        return
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise DiskFullError(
+            f"not enough space for {what}: needs {needed} bytes, {free} free in {directory} "
+            "(free some space or point --cache-dir/--models-dir elsewhere)"
+        )
+
+
+@contextlib.contextmanager
+def incomplete(dest: Path, what: str) -> Iterator[Path]:
+    """Yield a unique temp path beside ``dest``; remove it unless the caller replaced it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(dest)
+    try:
+        yield tmp
+    except OSError as exc:
+        if is_no_space(exc):
+            raise DiskFullError(
+                f"no space left on device while writing {what} into {dest.parent} "
+                "(the partial file was removed; free some space or use another --cache-dir/--models-dir)"
+            ) from None
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def link_or_copy_into(src: Path, dest: Path) -> str:
+    """Place ``src`` at ``dest`` atomically: hardlink when possible, else a plain copy.
+
+    Returns ``"hardlink"`` or ``"copy"``.  (The verified copy lives in ``copy.py``;
+    this plain form is for files that were just verified.)
+    """
+    with incomplete(dest, str(dest)) as tmp:
+        try:
+            os.link(src, tmp)
+            mode = "hardlink"
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(src, tmp)
+            mode = "copy"
+        os.replace(tmp, dest)
+    return mode
