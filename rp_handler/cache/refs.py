@@ -4,9 +4,11 @@ Which inputs name a model file is read from ``/object_info`` for every node clas
 (custom nodes included), never from a list of input names: an input is a *model
 combo* when it is a combo (legacy ``[[options...], {...}]`` or V3
 ``["COMBO", {"options": [...]}]``) that is not an upload widget and whose options
-are model files, or is empty (a snapshot taken while the folder had no files).
-A value of such an input is a reference when it looks like a model file
-(extension) or is a file in one of the volume's folders.
+are model files, or is empty (a snapshot taken while the folder had no files),
+or is one of ComfyUI's core loaders.  A value of such an input is a reference
+when it looks like a model file (extension) or is a file in one of the volume's
+folders.  A value with a model extension in any other combo counts too (the
+snapshot predates the file).
 
 The folder type of each reference is derived in this order:
 
@@ -157,20 +159,33 @@ def _combo_options(spec: Any) -> tuple[str, ...] | None:
     return tuple(o for o in options if isinstance(o, str))
 
 
-def model_combos(object_info: dict) -> dict[str, dict[str, ComboInput]]:
-    """class_type → input name → combo inputs that may name model files."""
+def combo_inputs(object_info: dict) -> dict[str, dict[str, ComboInput]]:
+    """class_type → input name → every combo input that is not an upload widget."""
     found: dict[str, dict[str, ComboInput]] = {}
     for class_type, info in (object_info or {}).items():
         inputs = (info or {}).get("input") or {}
         for section in ("required", "optional"):
             for name, spec in (inputs.get(section) or {}).items():
                 options = _combo_options(spec)
-                if options is None:
-                    continue
-                if options and not any(is_model_file(o) for o in options):
-                    continue
-                found.setdefault(class_type, {})[name] = ComboInput(class_type, name, options)
+                if options is not None:
+                    found.setdefault(class_type, {})[name] = ComboInput(class_type, name, options)
     return found
+
+
+def lists_models(combo: ComboInput) -> bool:
+    """True when the combo picks model files: empty, has a model file option, or is a known loader."""
+    return (not combo.options or any(is_model_file(o) for o in combo.options)
+            or (combo.class_type, combo.input_name) in CORE_LOADER_FOLDERS)
+
+
+def model_combos(object_info: dict) -> dict[str, dict[str, ComboInput]]:
+    """class_type → input name → combo inputs that name model files."""
+    out: dict[str, dict[str, ComboInput]] = {}
+    for class_type, inputs in combo_inputs(object_info).items():
+        picked = {name: c for name, c in inputs.items() if lists_models(c)}
+        if picked:
+            out[class_type] = picked
+    return out
 
 
 def workflow_nodes(workflow: dict) -> Iterator[tuple[str, str, dict]]:
@@ -189,7 +204,7 @@ class RefScanner:
 
     def __init__(self, object_info: dict | None, index: FolderIndex):
         self.index = index
-        self.combos = model_combos(object_info or {})
+        self.combos = combo_inputs(object_info or {})
         self.classes = frozenset((object_info or {}).keys())
         self._option_folder: dict[tuple[str, str], str | None] = {}
 
@@ -222,9 +237,12 @@ class RefScanner:
                     continue
                 combo = self.combos.get(class_type, {}).get(input_name)
                 if known and combo is None:
-                    continue
-                if combo is None and not is_model_file(value):
-                    continue  # unknown node class: only values that look like model files
+                    continue  # not a combo: free text, numbers
+                if combo is None or not lists_models(combo):
+                    # unknown node class, or an enum-like combo from a snapshot taken before the
+                    # files existed: only a value that looks like a model file counts
+                    if not is_model_file(value) or (combo is not None and value in combo.options):
+                        continue
                 folder = self._folder_for(combo, class_type, input_name, value)
                 if not is_model_file(value) and (folder is None or self.index.locate(folder, value) is None):
                     continue  # an enum choice such as "pixel_space", not a file
