@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             size = int(args.fill_gib * GiB)
             other = other_filesystem(work)
             if other is not None:
-                bench_fill(other, work, size, args.rounds, f"cross-filesystem ({other.parent} -> /tmp, like volume -> NVMe)")
+                label = f"cross-filesystem ({other.parent} -> /tmp, like volume -> NVMe)"
+                bench_fill(other, work, size, args.rounds, label)
                 shutil.rmtree(other, ignore_errors=True)
             bench_fill(work / "volume", work, size, args.rounds, "same filesystem (cp may use copy_file_range)")
         bench_first_result(work, args.model_mib * MiB, args.volume_mibps * MiB, boot_s)

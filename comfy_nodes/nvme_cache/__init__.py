@@ -53,7 +53,7 @@ class OnDemandHook:
         self.original = original
         self.cache_root = Path(cache_root)
         self.min_size_bytes = min_size_bytes
-        self.categories = tuple(categories)
+        self.categories = tuple(LEGACY_NAMES.get(c, c) for c in categories)
         self._sent: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
 

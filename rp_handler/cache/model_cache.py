@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 from rp_handler.cache import spool
 from rp_handler.cache.copier import CopyTask, CopyWorker
 from rp_handler.cache.extra_paths import write_extra_model_paths
-from rp_handler.cache.folders import FolderIndex
+from rp_handler.cache.folders import FolderIndex, canonical
 from rp_handler.cache.refs import ModelRef, RefScanner, refs_from_names
 from rp_handler.cache.store import CacheDirUnusable, CacheStore, Entry
 from rp_handler.config import CacheConfig
@@ -76,6 +76,7 @@ class ModelCache:
         self.cfg = cfg
         self.volume = FolderIndex(Path(volume_models_dir))
         self.local = FolderIndex(Path(local_models_dir)) if local_models_dir else None
+        self._categories = frozenset(canonical(c) for c in cfg.categories)
         self.checksums = {k.replace("\\", "/"): v.lower() for k, v in (checksums or {}).items()}
         self._scanner = RefScanner(object_info, self.volume)
         self._lock = threading.RLock()
@@ -128,7 +129,7 @@ class ModelCache:
                 job = self._jobs[job_id] = _Job(job_id, pin)
             out = []
             for ref in refs:
-                if self.cfg.categories and ref.folder and ref.folder not in self.cfg.categories:
+                if self._categories and ref.folder and ref.folder not in self._categories:
                     continue
                 status = job.files.get(ref.key) or self._schedule(ref, job)
                 job.files[ref.key] = status
@@ -282,7 +283,8 @@ class ModelCache:
             return st
         if self.local is not None:
             local = self.local.locate(ref.folder, ref.name)
-            if local is not None:
+            # a ComfyUI models/ dir that links to the volume is not local
+            if local is not None and not _inside(local, self.volume.models_dir):
                 st.status, st.path, st.read_from, st.size = "skipped_exists", str(local), "local", _size(local)
                 return st
         src = self.volume.locate(ref.folder, ref.name)
@@ -402,6 +404,14 @@ class ModelCache:
                     f": {f.error}" if f.error else "")
         if files:
             log.info("cache job %s: %s", job.job_id, ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(directory))
+        return True
+    except ValueError:
+        return False
 
 
 def _size(path: Path) -> int | None:

@@ -74,9 +74,22 @@ def test_small_files_and_local_files_are_not_copied(make_cache, volume, tmp_path
 def test_categories_limit_what_is_cached(make_cache, volume):
     put_model(volume, "loras/l.safetensors", MiB)
     put_model(volume, "checkpoints/c.safetensors", MiB)
-    cache = make_cache(categories="loras")
-    sts = cache.preload_workflow(checkpoint_workflow("c.safetensors", lora="l.safetensors"), job_id="j")
-    assert [(s.folder, s.status) for s in sts] == [("loras", "scheduled")]
+    put_model(volume, "clip/t5.safetensors", MiB)
+    cache = make_cache(categories="loras,clip")  # legacy "clip" means text_encoders
+    wf = checkpoint_workflow("c.safetensors", lora="l.safetensors")
+    wf["30"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": "t5.safetensors", "type": "flux"}}
+    sts = cache.preload_workflow(wf, job_id="j")
+    assert [(s.folder, s.status) for s in sts] == [("loras", "scheduled"), ("text_encoders", "scheduled")]
+
+
+def test_comfy_models_dir_linked_to_the_volume_is_not_local(make_cache, volume, tmp_path):
+    put_model(volume, "checkpoints/c.safetensors", MiB)
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "models").symlink_to(volume)
+    [st] = make_cache(local_models_dir=comfy / "models").preload_workflow(
+        checkpoint_workflow("c.safetensors"), job_id="j")
+    assert st.status == "scheduled"
 
 
 def test_budget_smaller_than_one_model_reads_from_volume(make_cache, volume, nvme, caplog):
