@@ -103,7 +103,7 @@ class _DestHasher(threading.Thread):
                 if avail <= 0 and finished:
                     return
                 length = min(avail, HASH_SLICE)
-                with mmap.mmap(self.fd, length, offset=hashed, access=mmap.ACCESS_READ) as mm:
+                with _map(self.fd, length, hashed) as mm:
                     self.sha.update(mm)
                 hashed += length
         except BaseException as exc:  # reported by the copying thread
@@ -114,6 +114,14 @@ class _DestHasher(threading.Thread):
         if self.error is not None:
             raise CopyFailed(f"hashing the copy failed: {self.error}")
         return self.sha.hexdigest()
+
+
+def _map(fd: int, length: int, offset: int) -> mmap.mmap:
+    """A read-only map, pre-faulted in one call where the platform allows (fewer page faults)."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if populate:
+        return mmap.mmap(fd, length, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ, offset=offset)
+    return mmap.mmap(fd, length, offset=offset, access=mmap.ACCESS_READ)
 
 
 def _send(in_fd: int, out_fd: int, offset: int, count: int, use_sendfile: list[bool]) -> int:
@@ -198,13 +206,14 @@ def copy_file(
         digest = None
         if hasher is not None:
             hasher.advance(offset, finished=True)
+        if fsync:
+            os.fsync(out_fd)  # overlaps with the hash thread catching up
+        if hasher is not None:
             digest = hasher.digest()
             hasher = None
             if digest != expected_sha256.lower():
                 raise ChecksumMismatch(f"{src}: sha256 {digest} does not match the expected "
                                        f"{expected_sha256.lower()}; fix the file on the volume or the lock")
-        if fsync:
-            os.fsync(out_fd)
         os.close(out_fd)
         out_fd = -1
         os.replace(tmp, dst)
