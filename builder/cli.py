@@ -168,6 +168,8 @@ def cmd_realize(cfg: BuildConfig, args: argparse.Namespace) -> int:
     if wheels is not None and not wheels.is_dir():
         raise UsageError(f"--wheels-dir {wheels} is not a directory")
     python = Path(args.python).expanduser() if args.python else Path(sys.executable)
+    if not python.exists():
+        raise UsageError(f"--python {python} does not exist (give the interpreter ComfyUI runs with)")
     opts = RealizeOptions(target=Path(args.target) if args.target else None, offline=args.offline,
                           wheels_dir=wheels.absolute() if wheels else None, dry_run=args.dry_run, force=args.force,
                           python=python, skip_models=args.skip_models, installer=args.installer, jobs=args.jobs)

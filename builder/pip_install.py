@@ -201,6 +201,8 @@ def command(inst: Installer, req: InstallRequest, constraints_file: Path | None)
             cmd += ["--index-url", req.index_url]
         for url in req.extra_index_urls:
             cmd += ["--extra-index-url", url]
+        if req.extra_index_urls and inst.kind == "uv":
+            cmd += ["--index-strategy", "unsafe-best-match"]  # pick versions across indexes like pip does
         if req.offline:
             cmd += ["--offline"] if inst.kind == "uv" else ["--no-index"]
     return cmd
