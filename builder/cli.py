@@ -27,7 +27,7 @@ PASS_THROUGH = ("run-ui", "run-handler")
 # --- helpers -----------------------------------------------------------------------
 def spec_path_for(cfg: BuildConfig, ref: str) -> Path:
     """``<id>`` → versions/<id>.json; anything that looks like a path is used as is."""
-    if ref.endswith((".json", ".yaml", ".yml")) or "/" in ref:
+    if ref.endswith(".json") or "/" in ref:
         return Path(ref)
     return cfg.spec_path(ref)
 
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dst")
     sp.add_argument("--force", action="store_true", help="overwrite an existing destination spec")
 
-    sp = add("delete", cmd_delete, "remove a realized version and its lock (models and git cache are shared: kept)")
+    sp = add("delete", cmd_delete, "remove a realized version and its lock (the git cache and a MODELS_DIR outside the target are kept)")
     sp.add_argument("id")
     sp.add_argument("--target", help="the COMFY_HOME to remove (default: as realize computes it)")
     sp.add_argument("--remove-spec", action="store_true", help="also delete versions/<id>.json")
