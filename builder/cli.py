@@ -12,7 +12,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,7 +29,7 @@ PASS_THROUGH = ("run-ui", "run-handler")
 # --- helpers -----------------------------------------------------------------------
 def spec_path_for(cfg: BuildConfig, ref: str) -> Path:
     """``<id>`` → versions/<id>.json; anything that looks like a path is used as is."""
-    if ref.endswith((".json", ".yaml", ".yml")) or "/" in ref:
+    if ref.endswith(".json") or "/" in ref:
         return Path(ref)
     return cfg.spec_path(ref)
 
@@ -168,6 +170,8 @@ def cmd_realize(cfg: BuildConfig, args: argparse.Namespace) -> int:
     if wheels is not None and not wheels.is_dir():
         raise UsageError(f"--wheels-dir {wheels} is not a directory")
     python = Path(args.python).expanduser() if args.python else Path(sys.executable)
+    if not python.exists():
+        raise UsageError(f"--python {python} does not exist (give the interpreter ComfyUI runs with)")
     opts = RealizeOptions(target=Path(args.target) if args.target else None, offline=args.offline,
                           wheels_dir=wheels.absolute() if wheels else None, dry_run=args.dry_run, force=args.force,
                           python=python, skip_models=args.skip_models, installer=args.installer, jobs=args.jobs)
@@ -337,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dst")
     sp.add_argument("--force", action="store_true", help="overwrite an existing destination spec")
 
-    sp = add("delete", cmd_delete, "remove a realized version and its lock (models and git cache are shared: kept)")
+    sp = add("delete", cmd_delete, "remove a realized version and its lock (the git cache and a MODELS_DIR outside the target are kept)")
     sp.add_argument("id")
     sp.add_argument("--target", help="the COMFY_HOME to remove (default: as realize computes it)")
     sp.add_argument("--remove-spec", action="store_true", help="also delete versions/<id>.json")
@@ -354,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id", help="version id or path to a spec file")
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed on to verify_models")
     return p
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -373,6 +381,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.env = env
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)  # `docker stop`: clean up like Ctrl-C
     try:
         return args.func(cfg, args)
     except BuildError as exc:
@@ -385,6 +396,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to complete", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -201,6 +201,8 @@ def command(inst: Installer, req: InstallRequest, constraints_file: Path | None)
             cmd += ["--index-url", req.index_url]
         for url in req.extra_index_urls:
             cmd += ["--extra-index-url", url]
+        if req.extra_index_urls and inst.kind == "uv":
+            cmd += ["--index-strategy", "unsafe-best-match"]  # pick versions across indexes like pip does
         if req.offline:
             cmd += ["--offline"] if inst.kind == "uv" else ["--no-index"]
     return cmd
@@ -234,7 +236,7 @@ def install(inst: Installer, req: InstallRequest) -> None:
             hint += f"; {', '.join(req.pinned)} stay at their installed versions (options.pin_installed)"
         what = ", ".join([f.parent.name + "/" + f.name for f in req.requirement_files] + list(req.packages))
         raise InstallError(f"{inst.kind} install failed for {what}: {_tail(proc.stderr or proc.stdout)} ({hint})")
-    log.debug("%s output: %s", inst.kind, _tail(proc.stderr, 20))
+    log.debug("%s output: %s", inst.kind, (proc.stderr or "")[-2000:])
 
 
 def run_install_py(python: Path, node_dir: Path) -> None:
@@ -253,8 +255,9 @@ def run_install_py(python: Path, node_dir: Path) -> None:
                            "(fix the node, or set run_install_py to false)")
 
 
-def _tail(text: str, n: int = 1) -> str:
+def _tail(text: str, n: int = 2) -> str:
+    """The installer's error lines (uv: error/cause/hint; pip: ERROR), else its last line, as one line."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    errs = [ln for ln in lines if re.match(r"^(error|ERROR|×|╰─▶|Because|hint)", ln)]
-    pick = (errs or lines)[-n:] if n > 1 else (errs[:1] + errs[1:2] if errs else lines[-1:])
+    errs = [ln for ln in lines if re.match(r"^(error|ERROR|cause|×|╰─▶|Because|hint)", ln)]
+    pick = errs[:n] if errs else lines[-1:]
     return " ".join(pick)[:600] if pick else "(no output)"

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -137,7 +136,7 @@ def test_leftover_incomplete_checkout_is_cleaned_and_completed(world, venv_pytho
     assert git("rev-parse", "HEAD", cwd=home / "custom_nodes" / "node-c") == world.node_c.sha("v2")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["kill", "ctrl-c", "term"])
 def test_killed_realize_completes_on_rerun(world, venv_python, tmp_path, sig):
     slow = node_repo(tmp_path / "slowrepo", "slow-node",
                      install_py="import os, pathlib, time\n"
@@ -157,10 +156,10 @@ def test_killed_realize_completes_on_rerun(world, venv_python, tmp_path, sig):
     if sig == signal.SIGKILL:
         os.killpg(proc.pid, sig)
         proc.wait()
-    else:  # Ctrl-C reaches realize: it stops its child and says how to finish
+    else:  # Ctrl-C / SIGTERM reach realize: it stops its child and says how to finish
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == 1
-    if sig == signal.SIGINT:
+    if sig != signal.SIGKILL:
         assert proc.stderr.read().strip().splitlines()[-1] == (
             "error: interrupted; run the same command again to complete")
     assert "slow-node" not in read_state(world.tmp / "target" / "ComfyUI").get("install_py", {})
