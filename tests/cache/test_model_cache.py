@@ -56,6 +56,8 @@ def test_missing_model_is_not_found_and_named(make_cache):
     assert "checkpoints/ghost_v2.safetensors" in st.error and "node 4 CheckpointLoaderSimple.ckpt_name" in st.error
     assert cache.wait("j", timeout=1)
     assert cache.job_report("j")["models"][0]["error"] == st.error
+    assert cache.missing("j") == [st.error]
+    assert cache.missing("unknown-job") == []
 
 
 def test_small_files_and_local_files_are_not_copied(make_cache, volume, tmp_path):
