@@ -245,6 +245,8 @@ class ModelCache:
         with self._lock:
             joined = self._warm is not None and not self._job_done(self._warm)
             if not joined:
+                if self._warm is not None:
+                    self._warm.finished = time.monotonic()  # its report may be trimmed later
                 self._warm = _Job(f"warm-{next(self._warm_ids)}", pin=False)
                 self._jobs[self._warm.job_id] = self._warm
             warm_id = self._warm.job_id
