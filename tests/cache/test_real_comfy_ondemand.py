@@ -23,11 +23,53 @@ from tests.conftest import REPO_ROOT
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
 
-pytestmark = [
-    pytest.mark.real_comfy,
-    pytest.mark.slow,
-    pytest.mark.skipif(not (COMFYUI_DIR and COMFYUI_PYTHON), reason="set COMFYUI_DIR and COMFYUI_PYTHON"),
-]
+pytestmark = [pytest.mark.real_comfy]
+needs_comfy_python = pytest.mark.skipif(not (COMFYUI_DIR and COMFYUI_PYTHON),
+                                        reason="set COMFYUI_DIR and COMFYUI_PYTHON")
+needs_comfy_dir = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR (a ComfyUI checkout)")
+
+# ComfyUI's own folder_paths + extra_config (stdlib and PyYAML only), with the hook installed.
+RESOLVE = """
+import json, sys
+comfy, repo, emp, nvme, name = sys.argv[1:6]
+sys.path[:0] = [comfy, repo]
+sys.argv = ["main.py"]
+import folder_paths
+from utils.extra_config import load_extra_path_config
+load_extra_path_config(emp)
+import comfy_nodes.nvme_cache as node
+node.install(folder_paths, nvme)
+print(json.dumps({"path": folder_paths.get_full_path_or_raise("upscale_models", name),
+                  "search": folder_paths.get_folder_paths("upscale_models"),
+                  "listed": folder_paths.get_filename_list("upscale_models")}))
+"""
+
+
+@needs_comfy_dir
+def test_real_folder_paths_reads_the_cache_first(make_cache, volume, nvme, tmp_path):
+    import sys
+
+    from tests.cache.conftest import MiB, put_model
+
+    src = put_model(volume, "upscale_models/x4.safetensors", 2 * MiB)
+    cache = make_cache(spool_poll_s=3600)
+    emp = cache.write_extra_model_paths(tmp_path / "extra_model_paths.yaml")
+
+    def resolve() -> dict:
+        out = subprocess.run([sys.executable, "-c", RESOLVE, COMFYUI_DIR, str(REPO_ROOT), str(emp), str(nvme),
+                              "x4.safetensors"], check=True, capture_output=True, text=True, cwd=tmp_path)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = resolve()
+    assert first["path"] == str(src)
+    assert first["search"][0] == str(nvme / "upscale_models")  # is_default: in front of ComfyUI's models/
+    assert first["search"][-1] == str(volume / "upscale_models")
+    cache.process_requests()  # the hook asked for a copy
+    _wait_for((nvme / "upscale_models" / "x4.safetensors").exists)
+    (nvme / "upscale_models" / "y.safetensors.ab12.incomplete").write_bytes(b"partial")
+    second = resolve()
+    assert second["path"] == str(nvme / "upscale_models" / "x4.safetensors")
+    assert second["listed"] == ["x4.safetensors"]  # one entry; the .incomplete temp is never listed
 
 TINY_MODEL = """
 import sys, torch
@@ -80,6 +122,8 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+@needs_comfy_python
+@pytest.mark.slow
 def test_ondemand_hook_in_real_comfyui(make_cache, volume, nvme, tmp_path):
     model = volume / "upscale_models" / "tiny_compact_2x.safetensors"
     model.parent.mkdir(parents=True)
