@@ -12,6 +12,8 @@ Example (what the handler does around each job)::
     cache.warm(models=["checkpoints/sdxl.safetensors"])                   # at worker start, non-blocking
 
     statuses = cache.preload_workflow(workflow, job_id=job["id"])  # returns at once
+    if cache.missing(job["id"]):                # models not on the volume: name them in the error
+        raise InputError("; ".join(cache.missing(job["id"])))
     cache.wait(job["id"], timeout=300)          # optional: let copies finish before ComfyUI reads
     ...                                         # run the workflow
     result["cache"] = cache.job_report(job["id"])

@@ -190,6 +190,13 @@ class ModelCache:
                 report["disabled"] = self.disabled_reason
             return report
 
+    def missing(self, job_id: str) -> list[str]:
+        """One line per model of the job that is not on the volume (for the job's error)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return [f.error or f"{f.folder}/{f.name}" for f in (job.files.values() if job else ())
+                    if f.status == "not_found"]
+
     def status(self) -> dict[str, Any]:
         """Cache contents and copies in flight (the ``status`` action)."""
         with self._lock:
@@ -238,6 +245,8 @@ class ModelCache:
         with self._lock:
             joined = self._warm is not None and not self._job_done(self._warm)
             if not joined:
+                if self._warm is not None:
+                    self._warm.finished = time.monotonic()  # its report may be trimmed later
                 self._warm = _Job(f"warm-{next(self._warm_ids)}", pin=False)
                 self._jobs[self._warm.job_id] = self._warm
             warm_id = self._warm.job_id

@@ -61,7 +61,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class CacheStore:
-    def __init__(self, root: Path, budget_bytes: int = 0, *, disk_margin_bytes: int = DISK_MARGIN_BYTES):
+    def __init__(self, root: Path, budget_bytes: int = 0, *, disk_margin_bytes: int | None = None):
         self.root = Path(root)
         self.budget_bytes = int(budget_bytes)
         self.disk_margin_bytes = disk_margin_bytes
@@ -163,7 +163,9 @@ class CacheStore:
     def capacity(self) -> int:
         """Bytes the cache may hold: the budget, never more than the disk can take."""
         usage = shutil.disk_usage(self.root)
-        margin = min(self.disk_margin_bytes, usage.total // 10)
+        margin = self.disk_margin_bytes
+        if margin is None:
+            margin = min(DISK_MARGIN_BYTES, usage.total // 10)
         disk_cap = self.used_bytes() + self.reserved_bytes() + usage.free - margin
         if self.budget_bytes > 0:
             return min(self.budget_bytes, disk_cap)

@@ -73,7 +73,7 @@ def test_source_changing_during_copy_is_never_cached(tmp_path, change):
     t = threading.Thread(target=mutate)
     t.start()
     with pytest.raises(SourceChanged, match="m.safetensors"):
-        copy_file(src, dst, read_throttle_bps=8 * MiB,
+        copy_file(src, dst, read_throttle_bps=4 * MiB,
                   progress=lambda n: progressed.set() if n >= MiB else None)
     t.join()
     assert not dst.exists()

@@ -56,6 +56,8 @@ def test_missing_model_is_not_found_and_named(make_cache):
     assert "checkpoints/ghost_v2.safetensors" in st.error and "node 4 CheckpointLoaderSimple.ckpt_name" in st.error
     assert cache.wait("j", timeout=1)
     assert cache.job_report("j")["models"][0]["error"] == st.error
+    assert cache.missing("j") == [st.error]
+    assert cache.missing("unknown-job") == []
 
 
 def test_small_files_and_local_files_are_not_copied(make_cache, volume, tmp_path):
@@ -134,7 +136,7 @@ def test_two_jobs_wanting_the_same_file_share_one_copy(make_cache, volume, caplo
 
 def test_volume_file_changing_during_copy_is_not_cached(make_cache, volume, nvme):
     src = put_model(volume, "checkpoints/moving.safetensors", 4 * MiB)
-    cache = make_cache(read_throttle_bps=8 * MiB)
+    cache = make_cache(read_throttle_bps=4 * MiB)
     cache.preload_workflow(checkpoint_workflow("moving.safetensors"), job_id="j")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -304,7 +306,7 @@ def test_checksum_from_the_lock_is_verified_while_copying(make_cache, volume, nv
 
 
 def test_warm_while_a_warm_runs_joins_it(make_cache, volume):
-    put_model(volume, "checkpoints/a.safetensors", 2 * MiB)
+    put_model(volume, "checkpoints/a.safetensors", 8 * MiB)  # about a second: the second warm arrives first
     put_model(volume, "loras/b.safetensors", 2 * MiB)
     cache = make_cache(read_throttle_bps=8 * MiB)
     first = cache.warm(models=["checkpoints/a.safetensors"])
