@@ -202,7 +202,9 @@ def test_ws_dropped_after_completion_next_job_works(fake, client):
     fake.set_faults({})
     second = run(client, wf_color(31))
     assert first.status["completed"] and second.status["completed"]
-    assert isinstance(second.events[-1], Executing)
+    # the drop may be noticed only after the second POST: then history completes the job
+    assert second.from_history or isinstance(second.events[-1], Executing)
+    assert second.outputs["2"]["images"][0]["filename"].startswith("t_")
 
 
 def test_history_race_is_retried(fake, client):
