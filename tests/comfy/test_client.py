@@ -343,3 +343,17 @@ def test_subprocess_boot_delay_and_defaults(tmp_path, monkeypatch):
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_comfy_restarted_on_same_port_between_jobs(tmp_path):
+    """Stale keep-alive connection and dead socket after a restart: the next job still runs once."""
+    with FakeComfyServer(tmp_path / "a") as first:
+        c = ComfyClient(first.url)
+        c.connect()
+        assert run(c, wf_color(100)).status["completed"]
+        port = first.port
+    with FakeComfyServer(tmp_path / "b", port=port) as second:
+        res = run(c, wf_color(101))
+        assert res.status["completed"]
+        assert [p for m, p in second.requests if m == "POST"] == ["/prompt"]
+        c.close()
