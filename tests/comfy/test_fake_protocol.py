@@ -437,3 +437,36 @@ def test_model_resolution_follows_yaml_order(tmp_path):
         rec, _ = _run(fake, dict(wf, **{"2": {"class_type": "UpscaleModelLoader",
                                               "inputs": {"model_name": "m.safetensors"}}}))
         assert "execution_error" in rec.types()
+
+
+def _wait_history(fake, pid, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not requests.get(f"{fake.url}/history/{pid}", timeout=5).json():
+        assert time.monotonic() < deadline, pid
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("name", ["09_runtime_error_bad_model", "12_client_id_routing", "16_history_race",
+                                  "06_model_upscale"])
+def test_replayed_posts_give_the_recorded_frames(fake_with_models, name):
+    """Replay the scenario's POST /prompt bodies in order; the first socket sees the recorded frames."""
+    t = transcript(name)
+    fake = fake_with_models
+    first_ws = t["ws_summary"][0].split(":")[0]
+    recorded_cid = next(e["url"].split("clientId=")[-1] for e in t["events"]
+                        if e["kind"] == "ws_open" and e["ws"] == first_ws)
+    cid = uuid.uuid4().hex
+    rec = Recorder(fake.url, cid)
+    rec.wait_for(lambda f: f["type"] == "status")
+    for e in t["events"]:
+        if e["kind"] == "http" and e["request"]["method"] == "POST" and e["request"]["path"] == "/prompt":
+            body = dict(e["request"]["body_json"])
+            if body.get("client_id") == recorded_cid:
+                body["client_id"] = cid
+            pid = _post(fake, body).json()["prompt_id"]
+            _wait_history(fake, pid)
+            if body.get("client_id") == cid:
+                rec.wait_done(pid)
+    time.sleep(0.1)
+    rec.close()
+    assert rec.types() == summary_of(t, first_ws)
