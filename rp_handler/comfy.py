@@ -260,6 +260,10 @@ class ComfyClient:
     def object_info(self) -> dict:
         return self._json("GET", "/object_info")
 
+    def queue(self) -> dict:
+        """``{"queue_running": [[number, id, graph, extra, outputs]], "queue_pending": [...]}``."""
+        return self._json("GET", "/queue")
+
     def history(self, prompt_id: str, *, timeout: float | None = None) -> dict:
         """The history entry of ``prompt_id`` (``{}`` while unknown or pending)."""
         data = self._json("GET", "/history/" + urllib.parse.quote(prompt_id, safe=""), timeout=timeout)
@@ -363,7 +367,7 @@ class ComfyClient:
         try:
             if self.history(prompt_id):
                 return True
-            q = self._json("GET", "/queue")
+            q = self.queue()
             return any(item[1] == prompt_id for key in ("queue_running", "queue_pending")
                        for item in (q or {}).get(key, []))
         except errors.WorkerError:

@@ -180,6 +180,7 @@ def test_deadline_interrupts_and_raises_timeout(fake, client):
     with pytest.raises(errors.ComfyTimeout):
         client.wait(pid, deadline=time.monotonic() + 0.5)
     assert ("POST", "/interrupt") in fake.requests
+    assert [item[1] for item in client.queue()["queue_running"]] == [pid]  # still stuck in the node
     fake.set_faults({})  # the hang ends; the interrupt stops the prompt at the next node
     res = run(client, wf_color(8))
     assert res.status["status_str"] == "success"

@@ -324,15 +324,17 @@ def test_interrupt_and_queue_ops(fake):
 
 
 def test_reconnect_same_client_id(fake):
+    t = transcript("11_ws_reconnect_same_client_id")
     fake.set_faults({"class_delay_s": {"ImageBlur": 0.2}})
     cid = uuid.uuid4().hex
     ws1 = Recorder(fake.url, cid)
-    pid = _post(fake, {"prompt": SLOW, "client_id": cid}).json()["prompt_id"]
+    ws1.wait_for(lambda f: f["type"] == "status")
+    pid = _post(fake, {"prompt": t["workflow"], "client_id": cid}).json()["prompt_id"]
     ws1.wait_for(lambda f: f["type"] == "executing" and f["data"].get("node") == "10")
     ws2 = Recorder(fake.url, cid)
     ws2.wait_done(pid)
     assert ws2.frames[0]["data"]["sid"] == cid and ws2.frames[1] == {"type": "executing", "data": {"node": "10"}}
-    assert "executing(None)" not in ws1.types()
+    assert ws1.types() == summary_of(t, "ws1") and ws2.types() == summary_of(t, "ws2")
     ws1.close()
     ws2.close()
     # run b: the old socket closed after the new one connected → the new one gets nothing more
