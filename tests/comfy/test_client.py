@@ -358,3 +358,24 @@ def test_comfy_restarted_on_same_port_between_jobs(tmp_path):
         assert res.status["completed"]
         assert [p for m, p in second.requests if m == "POST"] == ["/prompt"]
         c.close()
+
+
+def test_ignored_interrupt_times_out_and_prompt_still_finishes(fake, client):
+    fake.set_faults({"ignore_interrupt": True, "node_delay_s": 0.3, "slow_view_s": 0.01})
+    pid = client.submit(wf_color(110))
+    with pytest.raises(errors.ComfyTimeout):
+        client.wait(pid, deadline=time.monotonic() + 0.1)
+    deadline = time.monotonic() + 10
+    while not client.history(pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    entry = client.history(pid)
+    assert entry["status"]["status_str"] == "success"
+    img = entry["outputs"]["2"]["images"][0]
+    assert client.view(img["filename"], img["subfolder"], img["type"])[:4] == b"\x89PNG"
+
+
+def test_error_on_node_fault(fake, client):
+    fake.set_faults({"error_on_node": "EmptyImage"})
+    with pytest.raises(errors.ExecutionFailed, match=r"node 1 \(EmptyImage\) failed: RuntimeError"):
+        run(client, wf_color(111))

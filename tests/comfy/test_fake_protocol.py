@@ -325,7 +325,7 @@ def test_interrupt_and_queue_ops(fake):
 
 def test_reconnect_same_client_id(fake):
     t = transcript("11_ws_reconnect_same_client_id")
-    fake.set_faults({"class_delay_s": {"ImageBlur": 0.2}})
+    fake.set_faults({"class_delay_s": {"ImageBlur": 0.4}})  # room for the second socket to connect
     cid = uuid.uuid4().hex
     ws1 = Recorder(fake.url, cid)
     ws1.wait_for(lambda f: f["type"] == "status")
