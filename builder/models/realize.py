@@ -89,6 +89,9 @@ def realize_one(task: ModelTask, ctx: Context) -> tuple[dict, ModelError | None]
         return _record(task, "mismatch", error=str(exc)), exc
     except ModelError as exc:
         return _record(task, "missing", error=str(exc)), exc
+    except OSError as exc:  # permissions, read-only filesystems, ...: one line naming the path
+        err = ModelError(f"{task.label}: {exc.strerror or exc} ({exc.filename or task.target})")
+        return _record(task, "missing", error=str(err)), err
 
 
 def _realize(task: ModelTask, ctx: Context) -> dict:
