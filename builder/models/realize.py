@@ -23,7 +23,7 @@ from builder.models.atomic import check_free_space, incomplete
 from builder.models.checksum import Digests, hash_file
 from builder.models.copy import copy_verified
 from builder.models.plan import ModelTask, plan
-from builder.models.progress import Progress
+from builder.models.progress import LogProgress, Progress
 from builder.models.sources import GcsSource, HttpSource, LocalSource, host_of
 from builder.models.store import Store
 
@@ -236,7 +236,7 @@ def realize_models(
         store=Store(Path(cache_dir) if cache_dir else cfg.store_dir),
         offline=offline,
         overwrite=overwrite,
-        progress=progress or Progress(),
+        progress=progress or LogProgress(),
         parallel_min=parallel_min or http.DEFAULT_PARALLEL_MIN,
     )
     if any(isinstance(t.source, GcsSource) for t in tasks) and not offline:
