@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 from builder.config import BuildConfig
 from builder.errors import BuildError, UsageError
-from builder.models.progress import Progress, TtyProgress
+from builder.models.progress import LogProgress, TtyProgress
 from builder.models.realize import realize_models
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         return 2
     try:
         entries = load_entries(args.spec or args.lock, lock=args.lock is not None)
-        progress = TtyProgress(sys.stderr) if sys.stderr.isatty() and not args.json else Progress()
+        progress = TtyProgress(sys.stderr) if sys.stderr.isatty() and not args.json else LogProgress()
         records = realize_models(
             entries,
             cfg=cfg,

@@ -177,8 +177,12 @@ def download(
                 first.close()
                 if size_hint:
                     size_hint(total)
+                piece_opts = opts
+                if host_of(final_url) != host_of(url):  # redirected (signed CDN URL): no token there
+                    headers = {k: v for k, v in opts.headers.items() if k.lower() != "authorization"}
+                    piece_opts = HttpOptions(headers, "", False, opts.connections, opts.parallel_min)
                 try:
-                    digests = _parallel(fd, final_url, total, validator, label, opts, algos, progress)
+                    digests = _parallel(fd, final_url, total, validator, label, piece_opts, algos, progress)
                     return HttpResult(digests, total, final_url)
                 except _RangeIgnored:
                     log.warning("%s: server stopped honouring Range; downloading in one stream", label)

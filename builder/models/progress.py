@@ -1,10 +1,13 @@
-"""Progress reporting: silent by default, a one-line bytes/s display on a TTY (CLI only)."""
+"""Progress: a one-line bytes/s display on a TTY (CLI only), else an INFO log line every 30 s."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TextIO
+
+log = logging.getLogger(__name__)
 
 
 class Task:
@@ -12,11 +15,12 @@ class Task:
         self.board, self.label, self.verb, self.total = board, label, verb, total
         self.done = 0
         self.started = time.monotonic()
+        self.last_log = self.started
 
     def update(self, n: int) -> None:
         self.done += n
         if self.board:
-            self.board.refresh()
+            self.board.refresh(self)
 
     def set_total(self, total: int) -> None:
         self.total = total
@@ -32,11 +36,33 @@ class Progress:
     def start(self, label: str, verb: str, total: int | None = None) -> Task:
         return Task(None, label, verb, total)
 
-    def refresh(self) -> None:
+    def refresh(self, task: Task | None = None) -> None:
         pass
 
     def finish(self, task: Task) -> None:
         pass
+
+
+def describe(task: Task) -> str:
+    elapsed = max(time.monotonic() - task.started, 1e-6)
+    total = f"/{_size(task.total)}" if task.total else ""
+    return f"{task.verb} {task.label[-50:]} {_size(task.done)}{total} {_size(task.done / elapsed)}/s"
+
+
+class LogProgress(Progress):
+    """For logs (non-TTY, the builder): one INFO line per task every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 30.0):
+        self.interval = interval
+
+    def start(self, label: str, verb: str, total: int | None = None) -> Task:
+        return Task(self, label, verb, total)
+
+    def refresh(self, task: Task | None = None) -> None:
+        now = time.monotonic()
+        if task is not None and now - task.last_log >= self.interval:
+            task.last_log = now
+            log.info("still %s", describe(task))
 
 
 def _size(n: float) -> str:
@@ -63,11 +89,9 @@ class TtyProgress(Progress):
         return task
 
     def _line(self, task: Task) -> str:
-        elapsed = max(time.monotonic() - task.started, 1e-6)
-        total = f"/{_size(task.total)}" if task.total else ""
-        return f"{task.verb} {task.label[-50:]} {_size(task.done)}{total} {_size(task.done / elapsed)}/s"
+        return describe(task)
 
-    def refresh(self, force: bool = False) -> None:
+    def refresh(self, task: Task | None = None, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.last < self.interval:
             return

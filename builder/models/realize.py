@@ -23,7 +23,7 @@ from builder.models.atomic import check_free_space, incomplete
 from builder.models.checksum import Digests, hash_file
 from builder.models.copy import copy_verified
 from builder.models.plan import ModelTask, plan
-from builder.models.progress import Progress
+from builder.models.progress import LogProgress, Progress
 from builder.models.sources import GcsSource, HttpSource, LocalSource, host_of
 from builder.models.store import Store
 
@@ -89,6 +89,9 @@ def realize_one(task: ModelTask, ctx: Context) -> tuple[dict, ModelError | None]
         return _record(task, "mismatch", error=str(exc)), exc
     except ModelError as exc:
         return _record(task, "missing", error=str(exc)), exc
+    except OSError as exc:  # permissions, read-only filesystems, ...: one line naming the path
+        err = ModelError(f"{task.label}: {exc.strerror or exc} ({exc.filename or task.target})")
+        return _record(task, "missing", error=str(err)), err
 
 
 def _realize(task: ModelTask, ctx: Context) -> dict:
@@ -233,7 +236,7 @@ def realize_models(
         store=Store(Path(cache_dir) if cache_dir else cfg.store_dir),
         offline=offline,
         overwrite=overwrite,
-        progress=progress or Progress(),
+        progress=progress or LogProgress(),
         parallel_min=parallel_min or http.DEFAULT_PARALLEL_MIN,
     )
     if any(isinstance(t.source, GcsSource) for t in tasks) and not offline:

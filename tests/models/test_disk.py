@@ -64,3 +64,17 @@ def test_models_dir_on_another_filesystem_gets_a_verified_copy(server, cfg, tmpf
     [rec] = realize([{"source": url, "sha256": sha(DATA)}], cfg, other, offline=True)
     assert rec["status"] == "restored" and target.read_bytes() == DATA
     assert leftovers(other) == []
+
+
+def test_unwritable_models_dir_is_a_one_line_error(server, cfg, tmp_path):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "models"
+        blocker.write_text("a file where the models dir should be")
+        models_dir = blocker / "sub"
+    else:  # pragma: no cover - non-root CI
+        models_dir = tmp_path / "ro"
+        models_dir.mkdir()
+        os.chmod(models_dir, 0o500)
+    url = server.add("/p.bin", DATA)
+    [rec] = realize([{"source": url}], cfg, models_dir)
+    assert rec["status"] == "missing" and "/p.bin" in rec["error"] and "\n" not in rec["error"]

@@ -22,3 +22,14 @@ def test_fake_hub_api_answers_huggingface_hub_client(hub):
     info = HfApi(endpoint=hub.url).model_info("org/repo")
     assert info.sha == commit
     assert sorted(s.rfilename for s in info.siblings) == ["a.bin", "cfg.json"]
+
+
+def test_log_progress_says_it_is_still_working(caplog):
+    import logging
+
+    from builder.models.progress import LogProgress
+
+    caplog.set_level(logging.INFO, logger="builder.models.progress")
+    task = LogProgress(interval=0).start("big.safetensors", "downloading", 10 * 1024 * 1024)
+    task.update(5 * 1024 * 1024)
+    assert "still downloading big.safetensors 5.0 MiB/10.0 MiB" in caplog.text

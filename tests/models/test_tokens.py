@@ -64,3 +64,17 @@ def test_hf_token_not_sent_to_cdn_and_not_logged(hub, make_cfg, models_dir, capl
     assert resolve and all(s.headers.get("authorization") == f"Bearer {HFT}" for s in resolve)
     assert cdn and all("authorization" not in s.headers for s in cdn)
     assert HFT not in caplog.text and "secret-signature" not in caplog.text
+
+
+def test_parallel_pieces_after_a_cross_host_redirect_carry_no_token(server, make_cfg, models_dir, monkeypatch):
+    import builder.models.http as http
+
+    monkeypatch.setattr(http, "PIECE", 64 * 1024)
+    cfg = make_cfg(CIVITAI_TOKEN=CIV, CIVITAI_ENDPOINT=server.url, MODEL_DOWNLOAD_CONNECTIONS=3)
+    server.add("/cdn/big.safetensors", DATA)
+    server.add("/api/download/models/8", require_token=CIV,
+               redirect=server.alt_url + "/cdn/big.safetensors?sig=signed-secret")
+    [rec] = realize([{"source": "civitai:8", "name": "big.safetensors"}], cfg, models_dir, parallel_min=100_000)
+    assert rec["status"] == "fetched" and rec["sha256"] == sha(DATA)
+    cdn = server.seen("/cdn/big.safetensors")
+    assert len(cdn) >= 3 and all("authorization" not in s.headers for s in cdn)
