@@ -189,12 +189,13 @@ def _nvme_node_actions(spec: Spec, obs: Observed, flags: Flags, actions: list[Ac
     if obs.nvme_node_wanted is not None:
         if obs.nvme_node_current == obs.nvme_node_wanted:
             return
-        if obs.nvme_node_current is None or obs.nvme_node_current == recorded or flags.force:
-            actions.append(Action("nvme_node", name=NVME_NODE_NAME, path=path,
+        ours = obs.nvme_node_current is None or obs.nvme_node_current == recorded
+        if ours or flags.force:
+            actions.append(Action("nvme_node", name=NVME_NODE_NAME, path=path, force=not ours,
                                   detail="the worker's OnDemand model-cache node"))
         else:
-            problems.append(f"{path} exists and was not installed by version.py: move it away, pass --force to "
-                            "replace it, or set options.nvme_cache_node to false")
+            problems.append(f"{path} exists and was not installed by version.py: move it away, pass --force "
+                            "(it is then renamed to *.disabled), or set options.nvme_cache_node to false")
     elif not spec.options.nvme_cache_node and recorded and obs.nvme_node_current == recorded:
         actions.append(Action("remove_nvme_node", name=NVME_NODE_NAME, path=path,
                               detail="options.nvme_cache_node is false"))

@@ -316,6 +316,10 @@ class _Executor:
         self.save()
 
     def do_nvme_node(self, a: Action) -> None:
+        if a.force and a.path.exists():  # a folder of that name we did not install: kept aside, never deleted
+            dest = a.path.with_name(f"{a.path.name}.{secrets.token_hex(3)}.disabled")
+            os.replace(a.path, dest)
+            log.warning("%s was not installed by version.py; kept it as %s", a.path, dest)
         self.state["nvme_cache_node"] = install_tree(NVME_NODE_SOURCE, a.path)
         self.save()
 

@@ -65,6 +65,8 @@ def test_nvme_node_never_overwrites_a_foreign_folder_without_force(world, venv_p
     assert "someone's own" in (node / "__init__.py").read_text()
     realize(world.cfg, spec, opts(world, venv_python, force=True))
     assert tree_digest(node) == tree_digest(NVME_NODE_SOURCE)
+    (kept,) = node.parent.glob("nvme_cache.*.disabled")  # theirs, renamed aside (ComfyUI skips *.disabled)
+    assert "someone's own" in (kept / "__init__.py").read_text()
 
 
 def test_option_false_skips_and_removes_our_node(world, venv_python):
