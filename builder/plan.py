@@ -12,9 +12,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .spec import Spec
+from .spec import NVME_NODE_NAME, Spec
 
 STATE_FILE = ".version-state.json"
+SNAPSHOT_RELPATH = Path(".runpod-comfy") / "object_info.json.gz"
+# Actions after which ComfyUI may list other node classes: the object_info snapshot is taken again.
+CHANGES_OBJECT_INFO = frozenset({"clone", "update", "remove_node", "pip", "install_py", "nvme_node",
+                                 "remove_nvme_node"})
 EXTRA_PATHS_HEADER = b"# Written by version.py realize"
 
 
@@ -42,6 +46,10 @@ class Observed:
     models_ok: bool = False
     extra_paths_wanted: bytes | None = None  # None: models live inside COMFY_HOME
     extra_paths_current: bytes | None = None
+    nvme_node_wanted: str | None = None  # digest of the worker's node to install; None: not installed
+    nvme_node_current: str | None = None  # digest of custom_nodes/nvme_cache on disk; None: absent
+    snapshot_wanted: str | None = None  # snapshot key (builder.extras.snapshot_key); None: no snapshot
+    snapshot_current: str | None = None  # key recorded with the snapshot on disk; None: none there
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,8 @@ class Flags:
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # clean, fetch, clone, update, remove_node, pip, record_pip, install_py, extra_paths, models
+    kind: str  # clean, fetch, clone, update, remove_node, pip, record_pip, install_py, nvme_node,
+    #            remove_nvme_node, extra_paths, models, object_info
     name: str = ""
     repo: str = ""
     sha: str = ""
@@ -142,6 +151,7 @@ def make_plan(spec: Spec, lock: dict, obs: Observed, flags: Flags) -> Plan:
             actions.append(Action("remove_node", name=name, path=stray.path, force=bool(stray.dirty),
                                   detail="no longer in the spec"))
 
+    _nvme_node_actions(spec, obs, flags, actions, problems)
     if changed or changed_nodes or obs.pip_digest is None or obs.pip_digest != state.get("pip_digest"):
         actions.append(Action("pip", detail="ComfyUI + node requirements + python_packages"))
     elif lock.get("pip", {}).get("installed") is None:
@@ -165,4 +175,27 @@ def make_plan(spec: Spec, lock: dict, obs: Observed, flags: Flags) -> Plan:
                               detail="models now live inside COMFY_HOME"))
     if lock["models"] and not flags.skip_models and not spec.options.skip_models and not obs.models_ok:
         actions.append(Action("models", detail=f"{len(lock['models'])} model(s)"))
+    changes_nodes = any(a.kind in CHANGES_OBJECT_INFO for a in actions)
+    if obs.snapshot_wanted is not None and (changes_nodes or obs.snapshot_wanted != obs.snapshot_current):
+        actions.append(Action("object_info", path=obs.home / SNAPSHOT_RELPATH,
+                              detail="boot ComfyUI on CPU once and save GET /object_info"))
     return Plan(tuple(actions), tuple(problems), tuple(missing))
+
+
+def _nvme_node_actions(spec: Spec, obs: Observed, flags: Flags, actions: list[Action], problems: list[str]) -> None:
+    """Install (or, once disabled, remove) the worker's OnDemand node; never overwrite someone else's folder."""
+    path = obs.home / "custom_nodes" / NVME_NODE_NAME
+    recorded = (obs.state or {}).get("nvme_cache_node")
+    if obs.nvme_node_wanted is not None:
+        if obs.nvme_node_current == obs.nvme_node_wanted:
+            return
+        ours = obs.nvme_node_current is None or obs.nvme_node_current == recorded
+        if ours or flags.force:
+            actions.append(Action("nvme_node", name=NVME_NODE_NAME, path=path, force=not ours,
+                                  detail="the worker's OnDemand model-cache node"))
+        else:
+            problems.append(f"{path} exists and was not installed by version.py: move it away, pass --force "
+                            "(it is then renamed to *.disabled), or set options.nvme_cache_node to false")
+    elif not spec.options.nvme_cache_node and recorded and obs.nvme_node_current == recorded:
+        actions.append(Action("remove_nvme_node", name=NVME_NODE_NAME, path=path,
+                              detail="options.nvme_cache_node is false"))

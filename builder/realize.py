@@ -22,11 +22,12 @@ from pathlib import Path
 
 from .config import BuildConfig
 from .errors import BuildError, LockError, OfflineMissingError, TargetModifiedError
+from .extras import NVME_NODE_SOURCE, fetch_object_info, install_tree, snapshot_key, tree_digest, write_snapshot
 from .gitcache import GitCache, is_dirty, is_git_checkout, read_head
 from .lock import atomic_write, build_lock, check, read_lock, write_lock
 from .pip_install import (InstallRequest, closure, constraint_lines, find_installer, install,
                           installed_versions, requirement_roots, run_install_py)
-from .plan import EXTRA_PATHS_HEADER, STATE_FILE, Action, Checkout, Flags, Observed, Plan, digest, make_plan
+from .plan import EXTRA_PATHS_HEADER, NVME_NODE_NAME, SNAPSHOT_RELPATH, STATE_FILE, Action, Checkout, Flags, Observed, Plan, digest, make_plan
 from .resolve import resolve_spec
 from .spec import Spec
 
@@ -49,6 +50,8 @@ class RealizeOptions:
     skip_models: bool = False
     installer: str = "auto"
     jobs: int = 4
+    snapshot_object_info: bool = False  # also when the spec sets options.snapshot_object_info
+    snapshot_timeout_s: float = 300.0
 
 
 @dataclass
@@ -186,17 +189,33 @@ def observe(cfg: BuildConfig, spec: Spec, lock: dict, home: Path, opts: RealizeO
             stray[name] = Checkout(path=path, exists=True, is_git=True, head=read_head(path), dirty=is_dirty(path))
     all_ok = comfy.head == lock["comfy"]["commit"] and all(
         nodes[n["name"]].head == n["commit"] for n in lock["custom_nodes"])
+    leftovers += sorted((home / SNAPSHOT_RELPATH).parent.glob("*.incomplete"))
     models_dir = cfg.models_dir
     wanted = None if _inside(models_dir, home) else extra_model_paths_yaml(models_dir, lock)
     try:
         current = (home / "extra_model_paths.yaml").read_bytes()
     except OSError:
         current = None
+    pip_digest = pip_inputs_digest(home, spec, lock, opts) if all_ok else None
+    node_wanted = node_current = None
+    if spec.options.nvme_cache_node:
+        node_wanted = tree_digest(NVME_NODE_SOURCE)
+        if node_wanted is None:
+            log.warning("%s is missing from this checkout: the OnDemand cache node is not installed", NVME_NODE_SOURCE)
+    if spec.options.nvme_cache_node or state.get("nvme_cache_node"):
+        node_current = tree_digest(nodes_dir / NVME_NODE_NAME)
+    snap_wanted = snap_current = None
+    if opts.snapshot_object_info or spec.options.snapshot_object_info:
+        snap_wanted = snapshot_key(lock, pip_digest, node_current if spec.options.nvme_cache_node else None)
+        if (home / SNAPSHOT_RELPATH).is_file():
+            snap_current = state.get("object_info", {}).get("key")
     return Observed(
         home=home, comfy=comfy, nodes=nodes, state=state, leftovers=tuple(leftovers), stray_nodes=stray,
-        pip_digest=pip_inputs_digest(home, spec, lock, opts) if all_ok else None,
+        pip_digest=pip_digest,
         models_ok=models_present(lock, state, home, models_dir) if lock["models"] else True,
         extra_paths_wanted=wanted, extra_paths_current=current,
+        nvme_node_wanted=node_wanted, nvme_node_current=node_current,
+        snapshot_wanted=snap_wanted, snapshot_current=snap_current,
     )
 
 
@@ -296,6 +315,27 @@ class _Executor:
             n["commit"] for n in self.lock["custom_nodes"] if n["name"] == a.name)
         self.save()
 
+    def do_nvme_node(self, a: Action) -> None:
+        if a.force and a.path.exists():  # a folder of that name we did not install: kept aside, never deleted
+            dest = a.path.with_name(f"{a.path.name}.{secrets.token_hex(3)}.disabled")
+            os.replace(a.path, dest)
+            log.warning("%s was not installed by version.py; kept it as %s", a.path, dest)
+        self.state["nvme_cache_node"] = install_tree(NVME_NODE_SOURCE, a.path)
+        self.save()
+
+    def do_remove_nvme_node(self, a: Action) -> None:
+        shutil.rmtree(a.path, ignore_errors=True)
+        self.state.pop("nvme_cache_node", None)
+        self.save()
+
+    def do_object_info(self, a: Action) -> None:
+        info = fetch_object_info(self.opts.python, self.home, timeout_s=self.opts.snapshot_timeout_s)
+        write_snapshot(a.path, info)
+        node = tree_digest(self.home / "custom_nodes" / NVME_NODE_NAME) if self.spec.options.nvme_cache_node else None
+        key = snapshot_key(self.lock, pip_inputs_digest(self.home, self.spec, self.lock, self.opts), node)
+        self.state["object_info"] = {"key": key, "classes": len(info)}
+        self.save()
+
     def do_extra_paths(self, a: Action) -> None:
         atomic_write(a.path, extra_model_paths_yaml(self.cfg.models_dir, self.lock))
 
@@ -362,11 +402,13 @@ def realize(cfg: BuildConfig, spec: Spec, opts: RealizeOptions) -> RealizeResult
         return result
     ex = _Executor(cfg, spec, lock, home, opts, read_state(home))
     ex.state["version_id"] = spec.version_id
-    for action in plan.actions:
-        log.info("realize: %s", action.describe())
-        ex.run(action)
-        result.done.append(action.describe())
-    ex.save()
-    if ex.lock_dirty:
-        result.lock_written = write_lock(result.lock_path, lock) or result.lock_written
+    try:
+        for action in plan.actions:
+            log.info("realize: %s", action.describe())
+            ex.run(action)
+            result.done.append(action.describe())
+    finally:
+        ex.save()
+        if ex.lock_dirty:  # facts recorded by the actions that ran (installed versions, model hashes)
+            result.lock_written = write_lock(result.lock_path, lock) or result.lock_written
     return result

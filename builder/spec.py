@@ -27,7 +27,9 @@ TOP_KEYS = {"schema_version", "version_id", "description", "comfy", "custom_node
 REPO_KEYS = {"repo", "ref", "commit"}
 NODE_KEYS = REPO_KEYS | {"name", "run_install_py"}
 MODEL_KEYS = {"source", "target_subdir", "target_path", "name", "checksum"}
-OPTION_KEYS = {"offline", "skip_models", "pin_installed", "pip_index_url", "pip_extra_index_urls"}
+OPTION_KEYS = {"offline", "skip_models", "pin_installed", "pip_index_url", "pip_extra_index_urls",
+               "nvme_cache_node", "snapshot_object_info"}
+NVME_NODE_NAME = "nvme_cache"  # custom_nodes/<this> is the worker's own OnDemand node (builder/extras.py)
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
@@ -64,6 +66,8 @@ class Options:
     pin_installed: tuple[str, ...] = DEFAULT_PINNED
     pip_index_url: str | None = None
     pip_extra_index_urls: tuple[str, ...] = ()
+    nvme_cache_node: bool = True  # install the worker's OnDemand node into custom_nodes/nvme_cache
+    snapshot_object_info: bool = False  # boot ComfyUI once at realize and keep its /object_info
 
 
 @dataclass(frozen=True)
@@ -248,7 +252,7 @@ def _check_options(options: Any, out: _Problems) -> None:
         out.add("options", "must be an object")
         return
     _check_keys(options, OPTION_KEYS, "options", out)
-    for key in ("offline", "skip_models"):
+    for key in ("offline", "skip_models", "nvme_cache_node", "snapshot_object_info"):
         if key in options and not isinstance(options[key], bool):
             out.add(f"options.{key}", "must be true or false")
     pins = options.get("pin_installed")
@@ -287,6 +291,8 @@ def validate(data: Any, source: str = "spec", *, expected_id: str | None = None)
         out.add("custom_nodes", "must be a list")
         nodes = []
     names: dict[str, int] = {}
+    raw_options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    nvme_node_on = raw_options.get("nvme_cache_node", True) is not False
     for i, node in enumerate(nodes):
         path = f"custom_nodes[{i}]"
         _check_repo(node, path, out)
@@ -300,6 +306,9 @@ def validate(data: Any, source: str = "spec", *, expected_id: str | None = None)
             continue
         if not isinstance(name, str) or not NAME_RE.match(name):
             out.add(f"{path}.name", f"not a safe folder name: {name!r} (letters, digits, . _ -)")
+        elif name.lower() == NVME_NODE_NAME and nvme_node_on:
+            out.add(f"{path}.name", f"{name!r} is reserved for the worker's OnDemand cache node: set 'name' to "
+                    "another folder name, or set options.nvme_cache_node to false")
         elif name.lower() in names:
             out.add(f"{path}.name", f"duplicate node name {name!r} (also custom_nodes[{names[name.lower()]}]); set 'name'")
         else:
@@ -338,6 +347,8 @@ def _build(data: dict) -> Spec:
         pin_installed=tuple(opts.get("pin_installed", DEFAULT_PINNED)),
         pip_index_url=opts.get("pip_index_url"),
         pip_extra_index_urls=tuple(opts.get("pip_extra_index_urls") or ()),
+        nvme_cache_node=bool(opts.get("nvme_cache_node", True)),
+        snapshot_object_info=bool(opts.get("snapshot_object_info", False)),
     )
     return Spec(
         version_id=data["version_id"],

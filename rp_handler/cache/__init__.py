@@ -3,10 +3,10 @@
 Example (what the handler does around each job)::
 
     from rp_handler.cache import ModelCache
-    from rp_handler.cache.refs import load_object_info
+    from rp_handler.cache.refs import load_object_info, snapshot_path
 
     cache = ModelCache(cfg.cache, Path("/runpod-volume/models"),
-                       load_object_info(comfy_home / "object_info.json.gz"),
+                       load_object_info(snapshot_path(comfy_home)),  # taken by realize
                        local_models_dir=comfy_home / "models")
     cache.write_extra_model_paths(comfy_home / "extra_model_paths.yaml")  # before ComfyUI starts
     cache.warm(models=["checkpoints/sdxl.safetensors"])                   # at worker start, non-blocking
@@ -27,6 +27,7 @@ error, not_found (docs/cache.md).
 """
 
 from rp_handler.cache.model_cache import STATUSES, FileStatus, ModelCache
-from rp_handler.cache.refs import ModelRef, load_object_info, save_object_info_snapshot
+from rp_handler.cache.refs import ModelRef, load_object_info, save_object_info_snapshot, snapshot_path
 
-__all__ = ["ModelCache", "FileStatus", "ModelRef", "STATUSES", "load_object_info", "save_object_info_snapshot"]
+__all__ = ["ModelCache", "FileStatus", "ModelRef", "STATUSES", "load_object_info", "save_object_info_snapshot",
+           "snapshot_path"]

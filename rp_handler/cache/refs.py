@@ -105,6 +105,16 @@ class ComboInput:
     options: tuple[str, ...]
 
 
+def snapshot_path(comfy_home: Path) -> Path:
+    """The object_info snapshot realize writes for ``comfy_home`` (``version.py realize --snapshot-object-info``).
+
+    Load it with :func:`load_object_info` before ComfyUI is up; it may be absent (no snapshot taken).
+    """
+    from builder.extras import snapshot_path as realized_snapshot  # the builder owns the layout
+
+    return realized_snapshot(comfy_home)
+
+
 def load_object_info(path: Path) -> dict:
     """Read an object_info snapshot (``.json`` or ``.json.gz``)."""
     path = Path(path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.extras import NVME_NODE_SOURCE, install_tree
 from tests.conftest import REPO_ROOT
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -130,7 +130,7 @@ def test_ondemand_hook_in_real_comfyui(make_cache, volume, nvme, tmp_path):
     subprocess.run([COMFYUI_PYTHON, "-c", TINY_MODEL, str(model)], check=True)
     cache = make_cache(min_size_mb=0)
     emp = cache.write_extra_model_paths(tmp_path / "extra_model_paths.yaml")
-    shutil.copytree(REPO_ROOT / "comfy_nodes" / "nvme_cache", tmp_path / "nodes" / "custom_nodes" / "nvme_cache")
+    install_tree(NVME_NODE_SOURCE, tmp_path / "nodes" / "custom_nodes" / "nvme_cache")  # as realize installs it
     nodes_yaml = tmp_path / "nodes.yaml"
     nodes_yaml.write_text(f"worker_nodes:\n  base_path: {tmp_path / 'nodes'}\n  custom_nodes: custom_nodes\n")
     run = tmp_path / "run"
