@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import json
 import logging
@@ -25,11 +24,9 @@ from rp_handler.job import Action, Job, parse_job
 from rp_handler.outputs import OutputCollector, OutputFile, local_path, make_sink
 from rp_handler.process import ComfyDirs, Supervisor
 from rp_handler.progress import ProgressReporter
-from rp_handler.timings import COLD, JobTimer
+from rp_handler.timings import COLD, JobTimer, current_job
 
 log = logging.getLogger(__name__)
-
-current_job: contextvars.ContextVar[str] = contextvars.ContextVar("current_job", default="-")
 
 HISTORY_DELETE_BATCH = 50
 TIMEOUT_GRACE_S = 5.0
@@ -76,6 +73,24 @@ class WorkerContext:
 
     def client(self, generation: int) -> Any:
         """One client (keep-alive HTTP + websocket) per ComfyUI incarnation."""
+        with self._lock:
+            return self._client_locked(generation)
+
+    def preconnect_when_ready(self) -> None:
+        """Open the client on a thread as soon as ComfyUI is ready, so the first job finds it connected."""
+        sup = self.supervisor
+        if sup is None:
+            return
+
+        def run() -> None:
+            try:
+                self.client(sup.ensure_ready(self.cfg.boot_timeout_s))
+            except Exception as err:  # the first job reports it properly
+                log.debug("pre-connect to ComfyUI failed: %s", err)
+
+        threading.Thread(target=run, name="comfy-preconnect", daemon=True).start()
+
+    def _client_locked(self, generation: int) -> Any:
         if self._client is None or generation != self._client_generation:
             if self._client is not None:
                 try:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rp_handler.config import WorkerConfig
-from rp_handler.handler import WorkerContext, current_job, handle, read_lock_digest
 from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
+from rp_handler.timings import current_job
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,17 @@ def client_factory(sup: Supervisor | None = None):
     return connect
 
 
+def preload(cfg: WorkerConfig) -> None:
+    """Import what the first job will need while ComfyUI boots."""
+    import rp_handler.comfy  # noqa: F401  (websocket-client, orjson)
+
+    if cfg.output_mode == "gcs" or cfg.gcs.bucket:
+        try:
+            import google.cloud.storage  # noqa: F401  (about 0.5 s)
+        except ImportError:  # reported when a job asks for gcs
+            pass
+
+
 def progress_sender() -> Any:
     """runpod's progress_update when there is a RunPod job API to send to, else None (local runs)."""
     from runpod.serverless import progress_update
@@ -112,15 +123,21 @@ def main(env: Mapping[str, str] | None = None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    ctx: WorkerContext | None = None
+    ctx = None
     try:
-        import runpod.serverless  # heavy (about 2 s): overlaps ComfyUI's boot
+        # Everything below overlaps ComfyUI's boot: the handler stack, the ComfyUI client, the
+        # output library in use, and the runpod SDK (about 2 s).
+        from rp_handler.handler import WorkerContext, handle, read_lock_digest
+
+        preload(cfg)
+        import runpod.serverless
 
         COLD.mark("runpod_imported")
         version = cfg.version_id
         ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs or ComfyDirs.under(io_dir), client_factory=client_factory(sup),
                             supervisor=sup, progress_sender=progress_sender(), version_id=version,
                             lock_digest=read_lock_digest(cfg.build.lock_path(version)) if version else None)
+        ctx.preconnect_when_ready()
         if cfg.wait_ready_before_loop:
             sup.ensure_ready(cfg.boot_timeout_s)
         chained = {"done": False}
