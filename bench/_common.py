@@ -104,6 +104,8 @@ def boot_plus_job(home: Path, python: str, io_dir: Path, workflow: dict, env_ext
 
     port = free_port()
     env = {**os.environ, **env_extra}
+    for sub in ("input", "output", "temp", "user"):
+        (io_dir / sub).mkdir(parents=True, exist_ok=True)  # ComfyUI refuses a missing --user-directory
     cmd = [python, "-u", str(home / "main.py"), "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
            "--cpu", "--input-directory", str(io_dir / "input"), "--output-directory", str(io_dir / "output"),
            "--temp-directory", str(io_dir / "temp"), "--user-directory", str(io_dir / "user")]
