@@ -231,3 +231,23 @@ def test_identical_resubmission_same_job_id_still_returns_files(live_worker):
     assert len(second["outputs"]) == len(first["outputs"]) == 2
     pixels = {_png_pixel(base64.b64decode(o["data"])) for o in first["outputs"] + second["outputs"]}
     assert pixels == {(9, 9, 9)} or len(pixels) == 1
+
+
+def test_in_process_fake_without_supervisor_posts_to_prompt_only(tmp_path):
+    """Regression (seed 001): workflows go to /prompt, never to /api/queue or /queue."""
+    from rp_handler.handler import WorkerContext
+    from rp_handler.main import client_factory
+    from rp_handler.process import ComfyDirs
+    from tests.fakes.comfyui.server import FakeComfyServer
+
+    with FakeComfyServer(tmp_path / "fake") as server:
+        ctx = WorkerContext(cfg=make_cfg(tmp_path), client_factory=client_factory(None), base_url=server.url,
+                            dirs=ComfyDirs(server.input_dir, server.output_dir, server.temp_dir))
+        try:
+            res = handle({"id": "p1", "input": TEST_INPUT}, ctx)
+        finally:
+            ctx.close()
+        posts = [path for method, path in server.requests if method == "POST"]
+    assert "error" not in res, res
+    assert posts == ["/prompt"]
+    assert not any("queue" in path for _, path in server.requests)
