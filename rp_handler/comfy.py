@@ -139,6 +139,9 @@ class ComfyClient:
         try:
             ws = websocket.create_connection(url, timeout=self.http_timeout, skip_utf8_validation=True,
                                              enable_multithread=True)
+        except websocket.WebSocketBadStatusException as exc:
+            raise errors.ComfyProtocolError(f"ComfyUI refused the websocket at {self.base_url}/ws: {exc}",
+                                            {"url": self.base_url}) from exc
         except (OSError, websocket.WebSocketException) as exc:
             raise errors.ComfyDied(f"cannot open ComfyUI websocket at {self.base_url}/ws: {exc}",
                                    {"url": self.base_url}) from exc
@@ -257,9 +260,13 @@ class ComfyClient:
     def object_info(self) -> dict:
         return self._json("GET", "/object_info")
 
-    def history(self, prompt_id: str) -> dict:
+    def queue(self) -> dict:
+        """``{"queue_running": [[number, id, graph, extra, outputs]], "queue_pending": [...]}``."""
+        return self._json("GET", "/queue")
+
+    def history(self, prompt_id: str, *, timeout: float | None = None) -> dict:
         """The history entry of ``prompt_id`` (``{}`` while unknown or pending)."""
-        data = self._json("GET", "/history/" + urllib.parse.quote(prompt_id, safe=""))
+        data = self._json("GET", "/history/" + urllib.parse.quote(prompt_id, safe=""), timeout=timeout)
         return (data or {}).get(prompt_id, {}) if isinstance(data, dict) else {}
 
     def view(self, filename: str, subfolder: str, type_: str) -> bytes:
@@ -290,8 +297,9 @@ class ComfyClient:
                                     {"name": name, "status": status})
         return orjson.loads(body)
 
-    def interrupt(self, prompt_id: str | None = None) -> None:
-        self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+    def interrupt(self, prompt_id: str | None = None, *, timeout: float | None = None) -> None:
+        """Interrupt ``prompt_id`` if it is running (ComfyUI ignores it otherwise), or whatever runs."""
+        self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {}, timeout=timeout)
 
     def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
         self._request("POST", "/free", {"unload_models": unload_models, "free_memory": free_memory})
@@ -300,10 +308,10 @@ class ComfyClient:
         if prompt_ids:
             self._request("POST", "/history", {"delete": list(prompt_ids)})
 
-    def delete_queued(self, prompt_ids: list[str]) -> None:
+    def delete_queued(self, prompt_ids: list[str], *, timeout: float | None = None) -> None:
         """Remove pending (not running) prompts from ComfyUI's queue."""
         if prompt_ids:
-            self._request("POST", "/queue", {"delete": list(prompt_ids)})
+            self._request("POST", "/queue", {"delete": list(prompt_ids)}, timeout=timeout)
 
     # ------------------------------------------------------------------ submit
     def submit(self, workflow: dict, *, prompt_id: str | None = None) -> str:
@@ -359,7 +367,7 @@ class ComfyClient:
         try:
             if self.history(prompt_id):
                 return True
-            q = self._json("GET", "/queue")
+            q = self.queue()
             return any(item[1] == prompt_id for key in ("queue_running", "queue_pending")
                        for item in (q or {}).get(key, []))
         except errors.WorkerError:
@@ -419,7 +427,7 @@ class ComfyClient:
                 self._on_deadline(prompt_id, deadline)
             if self._ws_dead:
                 self._reconnect(prompt_id, deadline)
-                entry = self.history(prompt_id)
+                entry = self._poll_history(prompt_id, deadline)
                 if _finished(entry):
                     done = True
                     break
@@ -451,7 +459,7 @@ class ComfyClient:
                          prompt_id, now - t0, len(events))
                 next_log = now + 30
             if now >= next_poll:
-                entry = self.history(prompt_id)  # also detects a dead ComfyUI (ComfyDied)
+                entry = self._poll_history(prompt_id, deadline)  # also detects a dead ComfyUI
                 if _finished(entry):
                     log.warning("prompt %s finished without its final websocket frame; using /history",
                                 prompt_id)
@@ -483,6 +491,9 @@ class ComfyClient:
             raise _failure_error(prompt_id, failure)
         return result
 
+    def _poll_history(self, prompt_id: str, deadline: float) -> dict:
+        return self.history(prompt_id, timeout=max(1.0, min(self.http_timeout, deadline - time.monotonic())))
+
     def _history_after_completion(self, prompt_id: str, deadline: float) -> dict:
         """History is written before the final frame; retry briefly in case of a race."""
         entry = self.history(prompt_id)
@@ -497,8 +508,8 @@ class ComfyClient:
     def _on_deadline(self, prompt_id: str, deadline: float) -> None:
         log.warning("prompt %s passed its deadline; interrupting it", prompt_id)
         try:
-            self.interrupt(prompt_id)
-            self.delete_queued([prompt_id])
+            self.interrupt(prompt_id, timeout=5)
+            self.delete_queued([prompt_id], timeout=5)
         except errors.WorkerError as exc:
             log.warning("could not interrupt prompt %s: %s", prompt_id, exc)
         with self._cv:

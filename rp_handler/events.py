@@ -9,32 +9,36 @@ from typing import Any
 import orjson
 
 
-@dataclass(frozen=True)
 class Event:
-    """Base of every websocket event; ``prompt_id`` is None when the frame has none."""
+    """Base of every websocket event: each has ``prompt_id`` (None when the frame has none)."""
 
-    prompt_id: str | None = None
+    __slots__ = ()
+    prompt_id: str | None
 
 
 @dataclass(frozen=True)
 class Status(Event):
     queue_remaining: int | None = None
     sid: str | None = None
+    prompt_id: str | None = None
 
 
 @dataclass(frozen=True)
 class FeatureFlags(Event):
     flags: dict = field(default_factory=dict)
+    prompt_id: str | None = None
 
 
 @dataclass(frozen=True)
 class ExecutionStart(Event):
+    prompt_id: str | None = None
     timestamp: int | None = None
 
 
 @dataclass(frozen=True)
 class ExecutionCached(Event):
     nodes: tuple[str, ...] = ()
+    prompt_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Executing(Event):
     """``node is None`` with our prompt_id is the last frame of a prompt."""
 
     node: str | None = None
+    prompt_id: str | None = None
     display_node: str | None = None
 
 
@@ -50,22 +55,26 @@ class Progress(Event):
     value: float = 0
     max: float = 0
     node: str | None = None
+    prompt_id: str | None = None
 
 
 @dataclass(frozen=True)
 class ProgressState(Event):
     nodes: dict = field(default_factory=dict)
+    prompt_id: str | None = None
 
 
 @dataclass(frozen=True)
 class Executed(Event):
     node: str | None = None
     output: dict = field(default_factory=dict)
+    prompt_id: str | None = None
     display_node: str | None = None
 
 
 @dataclass(frozen=True)
 class ExecutionSuccess(Event):
+    prompt_id: str | None = None
     timestamp: int | None = None
 
 
@@ -74,6 +83,7 @@ class ExecutionError(Event):
     """``data`` holds ComfyUI's payload unchanged (node_id, node_type, exception_type, ...)."""
 
     data: dict = field(default_factory=dict)
+    prompt_id: str | None = None
 
     @property
     def node_id(self) -> str | None:
@@ -95,6 +105,7 @@ class ExecutionError(Event):
 @dataclass(frozen=True)
 class ExecutionInterrupted(Event):
     data: dict = field(default_factory=dict)
+    prompt_id: str | None = None
 
     @property
     def node_id(self) -> str | None:
@@ -115,12 +126,14 @@ class BinaryPreview(Event):
     metadata: dict | None = None
     node: str | None = None
     text: str | None = None
+    prompt_id: str | None = None
 
 
 @dataclass(frozen=True)
 class Unknown(Event):
     type: str = ""
     data: Any = None
+    prompt_id: str | None = None
 
 
 def _s(v: Any) -> str | None:

@@ -324,15 +324,17 @@ def test_interrupt_and_queue_ops(fake):
 
 
 def test_reconnect_same_client_id(fake):
-    fake.set_faults({"class_delay_s": {"ImageBlur": 0.2}})
+    t = transcript("11_ws_reconnect_same_client_id")
+    fake.set_faults({"class_delay_s": {"ImageBlur": 0.4}})  # room for the second socket to connect
     cid = uuid.uuid4().hex
     ws1 = Recorder(fake.url, cid)
-    pid = _post(fake, {"prompt": SLOW, "client_id": cid}).json()["prompt_id"]
+    ws1.wait_for(lambda f: f["type"] == "status")
+    pid = _post(fake, {"prompt": t["workflow"], "client_id": cid}).json()["prompt_id"]
     ws1.wait_for(lambda f: f["type"] == "executing" and f["data"].get("node") == "10")
     ws2 = Recorder(fake.url, cid)
     ws2.wait_done(pid)
     assert ws2.frames[0]["data"]["sid"] == cid and ws2.frames[1] == {"type": "executing", "data": {"node": "10"}}
-    assert "executing(None)" not in ws1.types()
+    assert ws1.types() == summary_of(t, "ws1") and ws2.types() == summary_of(t, "ws2")
     ws1.close()
     ws2.close()
     # run b: the old socket closed after the new one connected → the new one gets nothing more
@@ -409,3 +411,64 @@ def test_extra_model_paths_yaml(tmp_path):
         wf = transcript("15_extra_model_paths")["workflow"]
         rec, pid = _run(fake, wf)
         assert "execution_success" in rec.types()
+
+
+def test_model_resolution_follows_yaml_order(tmp_path):
+    """A file present in two yaml entries is loaded from the first (the NVMe cache comes first)."""
+    from tests.comfy.conftest import write_safetensors
+    from tests.fakes.comfyui.server import FakeComfyServer
+
+    cache, volume = tmp_path / "cache", tmp_path / "volume"
+    write_safetensors(cache / "upscale_models" / "m.safetensors", ["body.0.weight"])
+    write_safetensors(volume / "upscale_models" / "m.safetensors", ["not_a_model"])
+    write_safetensors(volume / "upscale_models" / "only_volume.safetensors", ["body.0.weight"])
+    yml = tmp_path / "extra_model_paths.yaml"
+    yml.write_text(f"cache:\n  base_path: {cache}\n  upscale_models: upscale_models\n"
+                   f"volume:\n  base_path: {volume}\n  upscale_models: upscale_models\n")
+    wf = transcript("15_extra_model_paths")["workflow"]
+    with FakeComfyServer(tmp_path / "comfy", extra_model_paths=[yml]) as fake:
+        assert requests.get(fake.url + "/api/models/upscale_models", timeout=5).json() == \
+            ["m.safetensors", "only_volume.safetensors"]
+        for name in ("m.safetensors", "only_volume.safetensors"):
+            rec, _ = _run(fake, dict(wf, **{"2": {"class_type": "UpscaleModelLoader",
+                                                  "inputs": {"model_name": name}}}))
+            assert "execution_success" in rec.types(), name
+    yml.write_text(f"volume:\n  base_path: {volume}\n  upscale_models: upscale_models\n"
+                   f"cache:\n  base_path: {cache}\n  upscale_models: upscale_models\n")
+    with FakeComfyServer(tmp_path / "comfy2", extra_model_paths=[yml]) as fake:
+        rec, _ = _run(fake, dict(wf, **{"2": {"class_type": "UpscaleModelLoader",
+                                              "inputs": {"model_name": "m.safetensors"}}}))
+        assert "execution_error" in rec.types()
+
+
+def _wait_history(fake, pid, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not requests.get(f"{fake.url}/history/{pid}", timeout=5).json():
+        assert time.monotonic() < deadline, pid
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("name", ["09_runtime_error_bad_model", "12_client_id_routing", "16_history_race",
+                                  "06_model_upscale"])
+def test_replayed_posts_give_the_recorded_frames(fake_with_models, name):
+    """Replay the scenario's POST /prompt bodies in order; the first socket sees the recorded frames."""
+    t = transcript(name)
+    fake = fake_with_models
+    first_ws = t["ws_summary"][0].split(":")[0]
+    recorded_cid = next(e["url"].split("clientId=")[-1] for e in t["events"]
+                        if e["kind"] == "ws_open" and e["ws"] == first_ws)
+    cid = uuid.uuid4().hex
+    rec = Recorder(fake.url, cid)
+    rec.wait_for(lambda f: f["type"] == "status")
+    for e in t["events"]:
+        if e["kind"] == "http" and e["request"]["method"] == "POST" and e["request"]["path"] == "/prompt":
+            body = dict(e["request"]["body_json"])
+            if body.get("client_id") == recorded_cid:
+                body["client_id"] = cid
+            pid = _post(fake, body).json()["prompt_id"]
+            _wait_history(fake, pid)
+            if body.get("client_id") == cid:
+                rec.wait_done(pid)
+    time.sleep(0.1)
+    rec.close()
+    assert rec.types() == summary_of(t, first_ws)

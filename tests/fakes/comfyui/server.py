@@ -537,7 +537,13 @@ class FakeComfy:
             await self.queue_updated()
             t0 = time.perf_counter()
             run = _Run(item, item.extra_data.get("client_id"))
-            success = await self._execute(run)
+            try:
+                success = await self._execute(run)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug in the fake must not wedge its queue
+                log.exception("[fake] internal error while executing %s", item.prompt_id)
+                success = False
             delay = float(self.fault("history_delay_s", 0) or 0)
             self.history[item.prompt_id] = HistoryEntry({
                 "prompt": item.as_list(),
@@ -812,7 +818,8 @@ class FakeComfyServer:
     """
 
     def __init__(self, root: Path | str | None = None, *, faults: dict | None = None,
-                 extra_model_paths: list[Path] | None = None):
+                 extra_model_paths: list[Path] | None = None, port: int = 0):
+        self.port = port
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="fake-comfy-"))
         self.input_dir = self.root / "input"
@@ -853,7 +860,8 @@ class FakeComfyServer:
                                        temp_dir=self.temp_dir, user_dir=self.user_dir,
                                        models_dir=self.models_dir, extra_model_paths=self._extra,
                                        faults=self._faults)
-                port = loop.run_until_complete(self.comfy.start("127.0.0.1", 0))
+                port = loop.run_until_complete(self.comfy.start("127.0.0.1", self.port))
+                self.port = port
                 self.url = f"http://127.0.0.1:{port}"
             except BaseException as exc:  # noqa: BLE001 - reported to the caller
                 errors.append(exc)
