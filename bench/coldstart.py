@@ -4,9 +4,10 @@
 
 Each run spawns ``python -m rp_handler`` in RunPod's production loop against a local stand-in for
 RunPod's job API (tests/worker/fake_runpod_api.py) with one job already queued, and measures spawn →
-result POST. Two modes, interleaved with the baseline (spawn ComfyUI, wait for /system_stats, run
-the job with a bare client): the runpod loop started while ComfyUI boots (default) and
-WAIT_READY_BEFORE_LOOP=true. ComfyUI is the fake with FAKE_COMFY_BOOT_DELAY_S (a realistic boot),
+result POST. Three modes, interleaved with the baseline (spawn ComfyUI, wait for /system_stats, run
+the job with a bare client): the runpod loop started while ComfyUI boots (default),
+WAIT_READY_BEFORE_LOOP=true, and the default without lowering the imports' CPU priority
+(WORKER_BOOT_NICE=0). ComfyUI is the fake with FAKE_COMFY_BOOT_DELAY_S (a realistic boot),
 or a real one with --comfy-dir / COMFYUI_DIR.
 """
 
@@ -33,12 +34,18 @@ PHASES = ("module_imported", "imports_done", "comfy_spawned", "runpod_imported",
           "result_returned")
 
 
+MODES = {  # name -> worker environment
+    "early": {"WAIT_READY_BEFORE_LOOP": "false"},
+    "wait_ready": {"WAIT_READY_BEFORE_LOOP": "true"},
+    "early_no_nice": {"WAIT_READY_BEFORE_LOOP": "false", "WORKER_BOOT_NICE": "0"},
+}
+
+
 def one_worker_run(home: Path, python: str, extra: dict[str, str], take_latency: float, color: int,
-                   wait_ready: bool) -> tuple[float, dict]:
+                   mode_env: dict[str, str]) -> tuple[float, dict]:
     api = FakeRunPodApi(take_latency_s=take_latency)
     io_dir = Path(tempfile.mkdtemp(prefix="coldstart-"))
-    env = worker_env(home, python, io_dir, **extra, **api.env(),
-                     WAIT_READY_BEFORE_LOOP="true" if wait_ready else "false")
+    env = worker_env(home, python, io_dir, **extra, **api.env(), **mode_env)
     api.queue("cold-1", {"workflow": tiny_workflow(color), "output": "base64"})
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "rp_handler"], cwd=str(REPO), env=env,
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"coldstart on {label}; {args.runs} runs per mode, interleaved; "
           f"boot delay {extra.get('FAKE_COMFY_BOOT_DELAY_S', 'n/a')} s; job-take latency {args.take_latency} s")
     base, boots = [], []
-    modes: dict[str, list[float]] = {"early": [], "wait_ready": []}
+    modes: dict[str, list[float]] = {m: [] for m in MODES}
     phases: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     for i in range(args.runs):
         io_b = Path(tempfile.mkdtemp(prefix="coldstart-b-"))
@@ -79,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         base.append(total)
         boots.append(boot)
         for j, mode in enumerate(modes if i % 2 == 0 else reversed(list(modes))):
-            elapsed, cold = one_worker_run(home, python, extra, args.take_latency, 200 + 10 * i + j,
-                                           wait_ready=mode == "wait_ready")
+            elapsed, cold = one_worker_run(home, python, extra, args.take_latency, 200 + 10 * i + j, MODES[mode])
             modes[mode].append(elapsed)
             for k, v in cold.items():
                 phases[mode].setdefault(k, []).append(v)
@@ -95,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             vals = phases[mode].get(name)
             if vals:
                 print(f"  {name:34s} {median(vals):8.3f} {p95(vals):8.3f}")
-    e, w = median(modes["early"]), median(modes["wait_ready"])
+    e, w, n = median(modes["early"]), median(modes["wait_ready"]), median(modes["early_no_nice"])
     print(f"\nearly loop vs wait-ready: {e:.3f} s vs {w:.3f} s ({(w - e) * 1000:+.0f} ms for waiting)")
-    print(json.dumps({"baseline_median_s": round(mb, 4), "early_median_s": round(e, 4),
-                      "wait_ready_median_s": round(w, 4)}))
+    print(f"WORKER_BOOT_NICE=10 vs 0: {e:.3f} s vs {n:.3f} s ({(n - e) * 1000:+.0f} ms without it)")
+    print(json.dumps({"baseline_median_s": round(mb, 4), **{f"{m}_median_s": round(median(v), 4)
+                                                            for m, v in modes.items()}}))
     return 0
 
 
