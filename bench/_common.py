@@ -37,12 +37,26 @@ def fake_home(root: Path) -> Path:
     return home
 
 
+TEMP_DIRS: list[Path] = []
+
+
+def temp_dir(prefix: str) -> Path:
+    """A temporary folder removed by ``cleanup()`` at the end of the benchmark."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    TEMP_DIRS.append(path)
+    return path
+
+
+def cleanup() -> None:
+    while TEMP_DIRS:
+        shutil.rmtree(TEMP_DIRS.pop(), ignore_errors=True)
+
+
 def comfy_target(args) -> tuple[Path, str, str]:
     """(COMFY_HOME, python, label): the real ComfyUI when --comfy-dir/COMFYUI_DIR is given, else the fake."""
     if args.comfy_dir:
         return Path(args.comfy_dir), args.comfy_python or sys.executable, f"real ComfyUI at {args.comfy_dir}"
-    root = Path(tempfile.mkdtemp(prefix="bench-comfy-"))
-    return fake_home(root), sys.executable, "fake ComfyUI"
+    return fake_home(temp_dir("bench-comfy-")), sys.executable, "fake ComfyUI"
 
 
 def add_comfy_args(p) -> None:

@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._bare import tiny_workflow  # noqa: E402
-from bench._common import REPO, add_comfy_args, boot_plus_job, comfy_target, median, p95, worker_env  # noqa: E402
+from bench._common import (REPO, add_comfy_args, boot_plus_job, cleanup, comfy_target, median, p95,  # noqa: E402
+                           worker_env)
 from tests.worker.fake_runpod_api import FakeRunPodApi  # noqa: E402
 
 PHASES = ("module_imported", "imports_done", "comfy_spawned", "runpod_imported", "loop_started", "job_received",
@@ -72,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--take-latency", type=float, default=0.05, help="seconds the fake job API takes to hand out a job")
     add_comfy_args(p)
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    finally:
+        cleanup()
+
+
+def run(args) -> int:
     home, python, label = comfy_target(args)
     extra = {} if args.comfy_dir else {"FAKE_COMFY_BOOT_DELAY_S": str(args.boot_delay)}
     print(f"coldstart on {label}; {args.runs} runs per mode, interleaved; "

@@ -16,15 +16,14 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._bare import BareClient, tiny_workflow  # noqa: E402
-from bench._common import (add_comfy_args, boot_plus_job, comfy_target, median, p95, run_worker_once,  # noqa: E402
-                           worker_env)
+from bench._common import (add_comfy_args, boot_plus_job, cleanup, comfy_target, median, p95,  # noqa: E402
+                           run_worker_once, temp_dir, worker_env)
 
 
 def part_jobs(home: Path, python: str, n: int, warmup: int = 5) -> None:
@@ -32,7 +31,7 @@ def part_jobs(home: Path, python: str, n: int, warmup: int = 5) -> None:
     from rp_handler.handler import WorkerContext, handle
     from rp_handler.main import client_factory, start_comfy
 
-    io_dir = Path(tempfile.mkdtemp(prefix="bench-io-"))
+    io_dir = temp_dir("bench-io-")
     cfg = WorkerConfig.from_env({"HOME": str(io_dir), "COMFY_HOME": str(home), "COMFY_PYTHON": python,
                                  "COMFY_PORT": "0", "COMFY_CACHE_ROOT": str(io_dir / "cache"),
                                  "COMFY_IO_DIR": str(io_dir)})
@@ -93,11 +92,11 @@ def part_first_result(home: Path, python: str, starts: int, boot_delay: float) -
     wb, ww = [], []
     boots = []
     for i in range(starts):
-        io_b = Path(tempfile.mkdtemp(prefix="bench-cold-b-"))
+        io_b = temp_dir("bench-cold-b-")
         boot, total = boot_plus_job(home, python, io_b, tiny_workflow(7000 + i), extra)
         boots.append(boot)
         wb.append(total)
-        io_w = Path(tempfile.mkdtemp(prefix="bench-cold-w-"))
+        io_w = temp_dir("bench-cold-w-")
         elapsed, result = run_worker_once(worker_env(home, python, io_w, **extra),
                                           {"input": {"workflow": tiny_workflow(8000 + i), "output": "base64"}})
         assert "error" not in result, result
@@ -118,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-cold", action="store_true")
     add_comfy_args(p)
     args = p.parse_args(argv)
-    home, python, label = comfy_target(args)
-    print(f"handler_bench on {label} (python {python})")
-    part_jobs(home, python, args.jobs)
-    if not args.skip_cold:
-        part_first_result(home, python, args.starts, 0.0 if args.comfy_dir else args.boot_delay)
+    try:
+        home, python, label = comfy_target(args)
+        print(f"handler_bench on {label} (python {python})")
+        part_jobs(home, python, args.jobs)
+        if not args.skip_cold:
+            part_first_result(home, python, args.starts, 0.0 if args.comfy_dir else args.boot_delay)
+    finally:
+        cleanup()
     return 0
 
 
