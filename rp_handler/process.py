@@ -303,6 +303,8 @@ class Supervisor:
                 break
             self.last_exit_tail = self.proc.log_tail(40)
             with self._cond:
+                if self.restarts >= self.max_restarts:
+                    self.gave_up = True  # decided before the dying job reads its death record
                 self.deaths[self.generation] = (rc, self.last_exit_tail)
                 self._cond.notify_all()
             log.error("ComfyUI exited unexpectedly with code %s; last lines:\n%s", rc,
