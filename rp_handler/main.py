@@ -102,11 +102,11 @@ def preload(cfg: WorkerConfig) -> None:
 
 @contextlib.contextmanager
 def yield_cpu_to_comfyui(nice: int):
-    """Run the worker's own start-up imports at a lower CPU priority than ComfyUI's boot.
+    """Optionally run the worker's own start-up imports at a lower CPU priority (WORKER_BOOT_NICE).
 
-    ComfyUI's boot is the critical path; where cores are scarce (2 here, shared), the runpod import
-    running beside it slowed that boot by ~0.5 s. The niceness is restored afterwards when the
-    process may (root or CAP_SYS_NICE); otherwise it stays, which only affects this idle-most process.
+    Off by default: it sped a fake ComfyUI's boot (mostly a sleep) but starved the runpod import
+    behind a real ComfyUI's CPU-bound boot (docs/benchmarks.md). The niceness is restored afterwards
+    when the process may (root or CAP_SYS_NICE); otherwise it stays.
     """
     if nice <= 0:
         yield
