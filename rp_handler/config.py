@@ -56,6 +56,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("LOG_LEVEL", "INFO", "Worker log level."),
     EnvVar("COMFY_IO_DIR", "<tmp>/rp_handler-io", "Local folder for ComfyUI's input/output/temp (per-job subfolders)."),
     EnvVar("WAIT_READY_BEFORE_LOOP", "false", "true: start the runpod loop only after ComfyUI is ready (see docs)."),
+    EnvVar("WORKER_BOOT_NICE", "0", "Niceness of the worker's own imports while ComfyUI boots (0: off; see docs)."),
 )
 
 ALL_ENV: tuple[EnvVar, ...] = BUILD_ENV + WORKER_ENV
@@ -138,6 +139,7 @@ class WorkerConfig:
     limits: Limits
     io_dir: Path | None = None  # COMFY_IO_DIR (None: <tmp>/rp_handler-io)
     wait_ready_before_loop: bool = False  # WAIT_READY_BEFORE_LOOP
+    boot_nice: int = 0  # WORKER_BOOT_NICE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
@@ -193,6 +195,7 @@ class WorkerConfig:
             ),
             io_dir=Path(env["COMFY_IO_DIR"]).expanduser() if env.get("COMFY_IO_DIR") else None,
             wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
+            boot_nice=max(0, min(19, _int(env, "WORKER_BOOT_NICE", 0))),
         )
 
     @property

@@ -6,11 +6,11 @@
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,11 +25,9 @@ from rp_handler.job import Action, Job, parse_job
 from rp_handler.outputs import OutputCollector, OutputFile, local_path, make_sink
 from rp_handler.process import ComfyDirs, Supervisor
 from rp_handler.progress import ProgressReporter
-from rp_handler.timings import COLD, JobTimer
+from rp_handler.timings import COLD, JobTimer, current_job
 
 log = logging.getLogger(__name__)
-
-current_job: contextvars.ContextVar[str] = contextvars.ContextVar("current_job", default="-")
 
 HISTORY_DELETE_BATCH = 50
 TIMEOUT_GRACE_S = 5.0
@@ -76,6 +74,24 @@ class WorkerContext:
 
     def client(self, generation: int) -> Any:
         """One client (keep-alive HTTP + websocket) per ComfyUI incarnation."""
+        with self._lock:
+            return self._client_locked(generation)
+
+    def preconnect_when_ready(self) -> None:
+        """Open the client on a thread as soon as ComfyUI is ready, so the first job finds it connected."""
+        sup = self.supervisor
+        if sup is None:
+            return
+
+        def run() -> None:
+            try:
+                self.client(sup.ensure_ready(self.cfg.boot_timeout_s))
+            except Exception as err:  # the first job reports it properly
+                log.debug("pre-connect to ComfyUI failed: %s", err)
+
+        threading.Thread(target=run, name="comfy-preconnect", daemon=True).start()
+
+    def _client_locked(self, generation: int) -> Any:
         if self._client is None or generation != self._client_generation:
             if self._client is not None:
                 try:
@@ -148,17 +164,32 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
 
 def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
     cfg = ctx.cfg
-    generation = ctx.supervisor.ensure_ready(cfg.boot_timeout_s) if ctx.supervisor is not None else 0
-    try:
-        return _run_on(generation, job, raw_job, ctx, timer)
-    except errors.WorkerError as err:
-        err.comfy_generation = generation  # type: ignore[attr-defined]
-        raise
+    for attempt in (1, 2):
+        generation = ctx.supervisor.ensure_ready(cfg.boot_timeout_s) if ctx.supervisor is not None else 0
+        try:
+            return _run_on(generation, job, raw_job, ctx, timer)
+        except errors.ComfyDied as err:
+            if attempt == 1 and getattr(err, "before_submit", False) and ctx.supervisor is not None:
+                # ComfyUI died between jobs and nothing was queued: run on the restarted one.
+                log.warning("ComfyUI was gone before job %s was queued (%s); retrying on a restarted ComfyUI",
+                            job.id, err)
+                ctx.supervisor.death_of(generation, timeout=5.0)
+                continue
+            err.comfy_generation = generation  # type: ignore[attr-defined]
+            raise
+        except errors.WorkerError as err:
+            err.comfy_generation = generation  # type: ignore[attr-defined]
+            raise
+    raise AssertionError("unreachable")
 
 
 def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
     cfg = ctx.cfg
-    client = ctx.client(generation)
+    try:
+        client = ctx.client(generation)
+    except errors.ComfyDied as err:
+        err.before_submit = True  # type: ignore[attr-defined]
+        raise
     sink = make_sink(job.output, cfg, job.id)
     sub = job_subfolder(job.id, os.urandom(3).hex())
     image_map = stage_images(job.images, ctx.dirs.input, sub, cfg)
@@ -187,14 +218,18 @@ def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer:
     on_event = _event_router(workflow, timer, progress, collector)
     prompt_id = None
     try:
-        prompt_id = client.submit(workflow)
+        try:
+            prompt_id = client.submit(workflow)
+        except errors.ComfyDied as err:
+            err.before_submit = True  # type: ignore[attr-defined]
+            raise
         timer.mark("submitted")
         log.info("job %s: prompt %s submitted (%d nodes)", job.id, prompt_id, len(workflow))
         deadline = time.monotonic() + job.timeout_s
         try:
             result = client.wait(prompt_id, deadline=deadline, on_event=on_event)
         except errors.ComfyTimeout:
-            _recover_after_timeout(ctx, client, prompt_id)
+            _recover_after_timeout(ctx, client, prompt_id, generation)
             raise
         timer.mark("execution_done")
         outputs = collector.finish(result.outputs)
@@ -250,7 +285,7 @@ def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, c
     return on_event
 
 
-def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
+def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str, generation: int) -> None:
     """After a timeout the client has sent the interrupt; if ComfyUI is still busy, restart it."""
     end = time.monotonic() + TIMEOUT_GRACE_S
     while time.monotonic() < end:
@@ -263,7 +298,8 @@ def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> N
     if ctx.supervisor is not None and ctx.supervisor.proc.alive:
         log.warning("ComfyUI did not stop prompt %s within %.0f s of the interrupt; restarting it",
                     prompt_id, TIMEOUT_GRACE_S)
-        ctx.supervisor.proc.send_signal(9)
+        ctx.supervisor.proc.send_signal(signal.SIGKILL)
+        ctx.supervisor.death_of(generation, timeout=10.0)  # the next job then waits for the restart
 
 
 def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
@@ -278,12 +314,27 @@ def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
 
 
 def _maybe_free(ctx: WorkerContext, client: Any) -> None:
-    n = ctx.cfg.free_every_n_jobs
-    if n > 0 and (ctx.jobs_done + 1) % n == 0:
+    """POST /free every FREE_EVERY_N_JOBS jobs, or when free VRAM fell below FREE_VRAM_BELOW_MB."""
+    cfg = ctx.cfg
+    reason = None
+    if cfg.free_every_n_jobs > 0 and (ctx.jobs_done + 1) % cfg.free_every_n_jobs == 0:
+        reason = f"every {cfg.free_every_n_jobs} jobs"
+    elif cfg.free_vram_below_mb > 0:
         try:
-            client.free(unload_models=True, free_memory=True)
+            devices = client.system_stats().get("devices") or []
+            free_mb = min(d.get("vram_free", 0) for d in devices) / (1 << 20) if devices else None
         except Exception as err:
-            log.warning("POST /free failed: %s", err)
+            log.warning("could not read free VRAM: %s", err)
+            free_mb = None
+        if free_mb is not None and free_mb < cfg.free_vram_below_mb:
+            reason = f"free VRAM {free_mb:.0f} MB < {cfg.free_vram_below_mb} MB"
+    if reason is None:
+        return
+    log.info("asking ComfyUI to unload models and free memory (%s)", reason)
+    try:
+        client.free(unload_models=True, free_memory=True)
+    except Exception as err:
+        log.warning("POST /free failed: %s", err)
 
 
 def status_payload(ctx: WorkerContext) -> dict:

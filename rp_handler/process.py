@@ -90,6 +90,7 @@ class ComfyProcess:
         self.port = chosen or free_port()
         self.extra_args = tuple(cfg.extra_args if extra_args is None else extra_args)
         self._tail: deque[str] = deque(maxlen=tail_lines)
+        self._listening = threading.Event()  # ComfyUI printed its "To see the GUI go to" line
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self.starts = 0
@@ -128,6 +129,7 @@ class ComfyProcess:
         cmd = self.command()
         log.info("starting ComfyUI: %s", " ".join(cmd))
         self._tail.clear()
+        self._listening.clear()
         self._proc = subprocess.Popen(cmd, cwd=str(self.comfy_home), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       preexec_fn=_die_with_parent if _prctl is not None else None)
@@ -141,6 +143,8 @@ class ComfyProcess:
             line = raw.decode("utf-8", "replace").rstrip()
             if line:
                 self._tail.append(line)
+                if "To see the GUI go to" in line:
+                    self._listening.set()
                 child_log.info("[comfyui] %s", line)
 
     def liveness(self) -> "Callable[[], bool]":
@@ -203,8 +207,11 @@ class ComfyProcess:
                 log.info("still waiting for ComfyUI (pid %s) to answer /system_stats after %.0f s",
                          self.pid, now - started)
                 next_note = now + 15.0
-            time.sleep(min(delay, max(0.0, deadline - now)))
-            delay = min(delay * 1.5, 0.2)
+            # Woken at once by ComfyUI's "To see the GUI go to" line, else poll every 20-100 ms.
+            if self._listening.wait(min(delay, max(0.0, deadline - now))):
+                self._listening.clear()
+                delay = 0.005
+            delay = min(max(delay, 0.02) * 1.5, 0.1)
 
     def send_signal(self, sig: int) -> None:
         if self.alive and self._proc is not None:
@@ -296,6 +303,8 @@ class Supervisor:
                 break
             self.last_exit_tail = self.proc.log_tail(40)
             with self._cond:
+                if self.restarts >= self.max_restarts:
+                    self.gave_up = True  # decided before the dying job reads its death record
                 self.deaths[self.generation] = (rc, self.last_exit_tail)
                 self._cond.notify_all()
             log.error("ComfyUI exited unexpectedly with code %s; last lines:\n%s", rc,

@@ -8,6 +8,7 @@ Import this module first: it is tiny and imports nothing heavy.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 _IMPORTED_AT = time.monotonic()
+
+# The RunPod job id being handled (log records and timers read it); "-" between jobs.
+current_job: contextvars.ContextVar[str] = contextvars.ContextVar("current_job", default="-")
 
 # Cold-start phases, in the order they normally happen.
 COLD_PHASES = (

@@ -129,16 +129,16 @@ def post_json(url: str, body: dict) -> None:
 class LiveWorker:
     """A WorkerContext over a supervised fake ComfyUI process (what main builds, minus runpod)."""
 
-    def __init__(self, root: Path, **env: str):
+    def __init__(self, root: Path, home: Path | None = None, **env: str):
         from rp_handler.handler import WorkerContext
         from rp_handler.main import client_factory, start_comfy
 
-        home = copy_fake(root / "ComfyUI")
+        home = home or copy_fake(root / "ComfyUI")
         self.cfg = make_cfg(root, COMFY_HOME=str(home), COMFY_IO_DIR=str(root / "io"), **env)
         self.sup = start_comfy(self.cfg, io_dir=root / "io")
         self.ctx = WorkerContext(cfg=self.cfg, dirs=self.sup.proc.dirs, client_factory=client_factory(self.sup),
                                  supervisor=self.sup, version_id="v1")
-        self.sup.ensure_ready(60)
+        self.sup.ensure_ready(self.cfg.boot_timeout_s)
 
     @property
     def url(self) -> str:

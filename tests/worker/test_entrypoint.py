@@ -149,3 +149,36 @@ def test_sigterm_during_a_job_reaches_comfyui(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert comfy_pid is None or comfy_pid == pid
+
+
+@pytest.mark.slow
+def test_production_loop_against_a_fake_runpod_api(tmp_path):
+    """runpod's real job loop: job-take → handler → progress + result POSTs; SIGTERM chained to ComfyUI."""
+    from tests.worker.fake_runpod_api import FakeRunPodApi
+
+    api = FakeRunPodApi()
+    env = _env(tmp_path, PROGRESS_INTERVAL_S="0", FAKE_COMFY_FAULTS=json.dumps({"node_delay_s": 0.3}), **api.env())
+    job = json.loads((REPO / "test_input.json").read_text())["input"]
+    api.queue("job-a", job)
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rp_handler"], cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            result = api.wait_result("job-a", 90)
+            assert "error" not in result, result
+            assert base64.b64decode(result["output"]["outputs"][0]["data"])[:4] == b"\x89PNG"
+            assert "cold_start" in result["output"]["timings"]
+            api.queue("job-b", {"workflow": {"nodes": [], "links": []}})
+            bad = api.wait_result("job-b", 60)
+            assert "Save (API)" in bad["error"]
+            seqs = [p["seq"] for p in api.progress.get("job-a", [])]
+            assert seqs and seqs == sorted(seqs)  # progress reached RunPod, in order
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            api.close()
+    text = log_path.read_text()
+    assert "forwarding signal 15 to ComfyUI" in text and "Stopped server" in text, text[-3000:]

@@ -1,0 +1,121 @@
+"""Cold starts of the worker: every phase from process start, and the first result vs ComfyUI's own boot.
+
+    python bench/coldstart.py [--runs 6] [--boot-delay 3.0] [--take-latency 0.05] [--comfy-dir DIR ...]
+
+Each run spawns ``python -m rp_handler`` in RunPod's production loop against a local stand-in for
+RunPod's job API (tests/worker/fake_runpod_api.py) with one job already queued, and measures spawn →
+result POST. Three modes, interleaved with the baseline (spawn ComfyUI, wait for /system_stats, run
+the job with a bare client): the runpod loop started while ComfyUI boots (default),
+WAIT_READY_BEFORE_LOOP=true, and the default with the worker's imports at a lower CPU priority
+(WORKER_BOOT_NICE=10). ComfyUI is the fake with FAKE_COMFY_BOOT_DELAY_S (a realistic boot),
+or a real one with --comfy-dir / COMFYUI_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._bare import tiny_workflow  # noqa: E402
+from bench._common import (REPO, add_comfy_args, boot_plus_job, cleanup, comfy_target, median, p95,  # noqa: E402
+                           worker_env)
+from tests.worker.fake_runpod_api import FakeRunPodApi  # noqa: E402
+
+PHASES = ("module_imported", "imports_done", "comfy_spawned", "runpod_imported", "loop_started", "job_received",
+          "comfy_ready", "submitted", "first_node_executing", "execution_done", "last_output_uploaded",
+          "result_returned")
+
+
+MODES = {  # name -> worker environment
+    "early": {"WAIT_READY_BEFORE_LOOP": "false", "WORKER_BOOT_NICE": "0"},
+    "wait_ready": {"WAIT_READY_BEFORE_LOOP": "true", "WORKER_BOOT_NICE": "0"},
+    "early_nice10": {"WAIT_READY_BEFORE_LOOP": "false", "WORKER_BOOT_NICE": "10"},
+}
+
+
+def one_worker_run(home: Path, python: str, extra: dict[str, str], take_latency: float, color: int,
+                   mode_env: dict[str, str]) -> tuple[float, dict]:
+    api = FakeRunPodApi(take_latency_s=take_latency)
+    io_dir = Path(tempfile.mkdtemp(prefix="coldstart-"))
+    env = worker_env(home, python, io_dir, **extra, **api.env(), **mode_env)
+    api.queue("cold-1", {"workflow": tiny_workflow(color), "output": "base64"})
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "rp_handler"], cwd=str(REPO), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = api.wait_result("cold-1", 600)
+        elapsed = api.result_times["cold-1"] - t0
+        if "error" in result:
+            raise RuntimeError(f"worker failed: {result['error']}")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        return elapsed, result["output"]["timings"]["cold_start"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        api.close()
+        shutil.rmtree(io_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=6)
+    p.add_argument("--boot-delay", type=float, default=3.0, help="FAKE_COMFY_BOOT_DELAY_S (fake only)")
+    p.add_argument("--take-latency", type=float, default=0.05, help="seconds the fake job API takes to hand out a job")
+    add_comfy_args(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    finally:
+        cleanup()
+
+
+def run(args) -> int:
+    home, python, label = comfy_target(args)
+    extra = {} if args.comfy_dir else {"FAKE_COMFY_BOOT_DELAY_S": str(args.boot_delay)}
+    print(f"coldstart on {label}; {args.runs} runs per mode, interleaved; "
+          f"boot delay {extra.get('FAKE_COMFY_BOOT_DELAY_S', 'n/a')} s; job-take latency {args.take_latency} s")
+    base, boots = [], []
+    modes: dict[str, list[float]] = {m: [] for m in MODES}
+    phases: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
+    for i in range(args.runs):
+        io_b = Path(tempfile.mkdtemp(prefix="coldstart-b-"))
+        boot, total = boot_plus_job(home, python, io_b, tiny_workflow(100 + i), extra)
+        shutil.rmtree(io_b, ignore_errors=True)
+        base.append(total)
+        boots.append(boot)
+        for j, mode in enumerate(modes if i % 2 == 0 else reversed(list(modes))):
+            elapsed, cold = one_worker_run(home, python, extra, args.take_latency, 200 + 10 * i + j, MODES[mode])
+            modes[mode].append(elapsed)
+            for k, v in cold.items():
+                phases[mode].setdefault(k, []).append(v)
+    mb = median(base)
+    print(f"baseline: ComfyUI boot median {median(boots):.3f} s; boot + one bare job median {mb:.3f} s "
+          f"(p95 {p95(base):.3f})")
+    for mode, xs in modes.items():
+        print(f"\nmode {mode}: spawn -> result POST median {median(xs):.3f} s p95 {p95(xs):.3f} s; "
+              f"ratio to boot+job {median(xs) / mb:.3f} (goal <= 1.05)")
+        print(f"  {'phase (s since process start)':34s} {'median':>8s} {'p95':>8s}")
+        for name in PHASES:
+            vals = phases[mode].get(name)
+            if vals:
+                print(f"  {name:34s} {median(vals):8.3f} {p95(vals):8.3f}")
+    e, w, n = median(modes["early"]), median(modes["wait_ready"]), median(modes["early_nice10"])
+    print(f"\nearly loop vs wait-ready: {e:.3f} s vs {w:.3f} s ({(w - e) * 1000:+.0f} ms for waiting)")
+    print(f"WORKER_BOOT_NICE=0 vs 10: {e:.3f} s vs {n:.3f} s ({(n - e) * 1000:+.0f} ms with nice 10)")
+    print(json.dumps({"baseline_median_s": round(mb, 4), **{f"{m}_median_s": round(median(v), 4)
+                                                            for m, v in modes.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
