@@ -24,6 +24,7 @@ import orjson
 import websocket
 
 from rp_handler import errors
+from rp_handler.memory import is_oom
 from rp_handler.events import (
     BinaryPreview,
     Event,
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 _STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, BrokenPipeError,
           ConnectionResetError, ConnectionAbortedError)
 _MAX_BUFFERED_PROMPTS = 64
-_OOM_MARKERS = ("OutOfMemoryError", "out of memory", "Allocation on device")
 
 
 @dataclass
@@ -554,8 +554,7 @@ def _failure_error(prompt_id: str, ev: Event) -> errors.WorkerError:
                "exception_type": ev.exception_type, "exception_message": ev.exception_message}
     text = (f"node {ev.node_id} ({ev.node_type}) failed: {ev.exception_type}: "
             f"{ev.exception_message}").rstrip(": ")
-    is_oom = any(m in ev.exception_type or m in ev.exception_message for m in _OOM_MARKERS)
-    return (errors.OutOfMemory if is_oom else errors.ExecutionFailed)(errors.one_line(text), details)
+    return (errors.OutOfMemory if is_oom(details) else errors.ExecutionFailed)(errors.one_line(text), details)
 
 
 def _summarize_node_errors(node_errors: dict) -> str:

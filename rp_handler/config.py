@@ -25,6 +25,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("COMFY_MAX_RESTARTS", "3", "ComfyUI crashes tolerated before the worker asks RunPod to refresh it."),
     EnvVar("JOB_TIMEOUT_S", "600", "Default job deadline when the input has no timeout_s."),
     EnvVar("JOB_MAX_TIMEOUT_S", "3600", "Largest timeout_s a job may ask for."),
+    EnvVar("JOB_RETRIES", "1", "Whole-job retries for transient failures (ComfyUI died, out of memory): 0 or 1."),
     EnvVar("OUTPUT_MODE", "gcs if GCS_BUCKET else base64", "Default output sink: gcs, base64 or local."),
     EnvVar("OUTPUT_LOCAL_DIR", "", "Folder for output mode local."),
     EnvVar("GCS_BUCKET", "", "Bucket for output mode gcs."),
@@ -126,6 +127,7 @@ class WorkerConfig:
     max_restarts: int
     job_timeout_s: float
     job_max_timeout_s: float
+    job_retries: int
     output_mode: str
     output_local_dir: str
     max_result_bytes: int
@@ -159,6 +161,7 @@ class WorkerConfig:
             max_restarts=_int(env, "COMFY_MAX_RESTARTS", 3),
             job_timeout_s=_float(env, "JOB_TIMEOUT_S", 600.0),
             job_max_timeout_s=_float(env, "JOB_MAX_TIMEOUT_S", 3600.0),
+            job_retries=min(1, max(0, _int(env, "JOB_RETRIES", 1))),
             output_mode=mode,
             output_local_dir=env.get("OUTPUT_LOCAL_DIR", ""),
             max_result_bytes=_int(env, "MAX_RESULT_BYTES", 19_000_000),

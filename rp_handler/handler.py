@@ -22,9 +22,11 @@ from rp_handler.config import WorkerConfig
 from rp_handler.events import Executed, Executing, ExecutionCached, Progress
 from rp_handler.inputs import cleanup_job, job_subfolder, rewrite_workflow, stage_images
 from rp_handler.job import Action, Job, parse_job
+from rp_handler.memory import should_free
 from rp_handler.outputs import OutputCollector, OutputFile, local_path, make_sink
 from rp_handler.process import ComfyDirs, Supervisor
 from rp_handler.progress import ProgressReporter
+from rp_handler.retry import run_with_retry
 from rp_handler.timings import COLD, JobTimer, current_job
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class WorkerContext:
     version_id: str = ""
     status_hooks: list[Callable[[], dict]] = field(default_factory=list)
     jobs_done: int = 0
+    jobs_since_free: int = 0
     cold_reported: bool = False
     _client: Any = None
     _client_generation: int = -1
@@ -163,24 +166,45 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
 
 
 def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
+    """Run ``job``; a transient failure (ComfyUI died, out of memory) gets one more attempt (JOB_RETRIES).
+
+    Validation errors are never retried.  A retried job's result lists what the first attempt hit
+    under ``retried`` (with ComfyUI's log tail when it died).
+    """
     cfg = ctx.cfg
-    for attempt in (1, 2):
+    failures: list[dict] = []
+    state: dict[str, Any] = {}
+
+    def attempt() -> dict:
         generation = ctx.supervisor.ensure_ready(cfg.boot_timeout_s) if ctx.supervisor is not None else 0
+        state["generation"] = generation
         try:
             return _run_on(generation, job, raw_job, ctx, timer)
-        except errors.ComfyDied as err:
-            if attempt == 1 and getattr(err, "before_submit", False) and ctx.supervisor is not None:
-                # ComfyUI died between jobs and nothing was queued: run on the restarted one.
-                log.warning("ComfyUI was gone before job %s was queued (%s); retrying on a restarted ComfyUI",
-                            job.id, err)
-                ctx.supervisor.death_of(generation, timeout=5.0)
-                continue
-            err.comfy_generation = generation  # type: ignore[attr-defined]
-            raise
         except errors.WorkerError as err:
             err.comfy_generation = generation  # type: ignore[attr-defined]
+            if isinstance(err, errors.ComfyDied) and ctx.supervisor is not None and ctx.supervisor.gave_up:
+                err.retryable = False  # the worker is being replaced: nothing to retry on
             raise
-    raise AssertionError("unreachable")
+
+    def on_retry(err: BaseException, number: int) -> None:
+        generation = state.get("generation", 0)
+        if isinstance(err, errors.WorkerError):
+            _attach_comfy_state(err, ctx, generation)
+            failures.append(errors.to_payload(err))
+        if isinstance(err, errors.OutOfMemory):
+            _free(ctx, ctx.client(generation), "out of memory: freeing before the retry")
+        elif isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and ctx.supervisor is not None:
+            ctx.supervisor.death_of(generation, timeout=5.0)  # the retry waits for the restarted ComfyUI
+
+    try:
+        result = run_with_retry(attempt, on_retry=on_retry, attempts=1 + cfg.job_retries)
+    except errors.WorkerError as err:
+        if failures:
+            err.details.setdefault("retried", failures)
+        raise
+    if failures:
+        result["retried"] = failures
+    return result
 
 
 def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
@@ -254,6 +278,8 @@ def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer:
         "version": ctx.version_id or None,
         "lock_digest": ctx.lock_digest,
     }
+    if job.template is not None:
+        payload["template"] = job.template  # the params used, random seeds resolved
     node_errors = getattr(result, "node_errors", None)
     if node_errors:
         payload["node_errors"] = node_errors  # partially valid prompt: only the valid outputs ran
@@ -314,23 +340,22 @@ def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
 
 
 def _maybe_free(ctx: WorkerContext, client: Any) -> None:
-    """POST /free every FREE_EVERY_N_JOBS jobs, or when free VRAM fell below FREE_VRAM_BELOW_MB."""
+    """After a job: POST /free when the memory policy says so (rp_handler.memory; default: keep models warm)."""
     cfg = ctx.cfg
-    reason = None
-    if cfg.free_every_n_jobs > 0 and (ctx.jobs_done + 1) % cfg.free_every_n_jobs == 0:
-        reason = f"every {cfg.free_every_n_jobs} jobs"
-    elif cfg.free_vram_below_mb > 0:
+    stats: dict[str, Any] = {}
+    if cfg.free_vram_below_mb > 0:
         try:
-            devices = client.system_stats().get("devices") or []
-            free_mb = min(d.get("vram_free", 0) for d in devices) / (1 << 20) if devices else None
+            stats = client.system_stats()
         except Exception as err:
             log.warning("could not read free VRAM: %s", err)
-            free_mb = None
-        if free_mb is not None and free_mb < cfg.free_vram_below_mb:
-            reason = f"free VRAM {free_mb:.0f} MB < {cfg.free_vram_below_mb} MB"
-    if reason is None:
-        return
+    ctx.jobs_since_free += 1
+    if should_free(stats, ctx.jobs_since_free, cfg):
+        _free(ctx, client, "memory policy (FREE_EVERY_N_JOBS / FREE_VRAM_BELOW_MB)")
+
+
+def _free(ctx: WorkerContext, client: Any, reason: str) -> None:
     log.info("asking ComfyUI to unload models and free memory (%s)", reason)
+    ctx.jobs_since_free = 0
     try:
         client.free(unload_models=True, free_memory=True)
     except Exception as err:

@@ -6,6 +6,7 @@ Accepted input (RunPod's ``job["input"]``)::
      "images": [{"name": "in.png", "image": "<base64 | data: URI | https URL>"}],
      "output": "base64" | {"mode": "gcs"|"base64"|"local", "bucket": "...", "prefix": "..."},
      "timeout_s": 120}
+    {"template": "sdxl_txt2img", "params": {"prompt": "...", "seed": -1}, ...}   # instead of "workflow"
     {"action": "status"}
 
 Every rejection is an ``InputError`` whose message names the field and the fix.
@@ -25,6 +26,8 @@ from urllib.parse import urlsplit
 
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import InputError
+from rp_handler.limits import check_limits
+from rp_handler.templates import expand_template
 
 OUTPUT_MODES = ("gcs", "base64", "local")
 ACTIONS = ("status",)
@@ -56,6 +59,7 @@ class Job:
     images: tuple[ImageInput, ...]
     output: OutputSpec
     timeout_s: float
+    template: dict[str, Any] | None = None  # {"name", "params"} with every value used (random seeds resolved)
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,25 @@ def parse_job(job_id: str, raw: Any, cfg: WorkerConfig) -> Job | Action:
         if action not in ACTIONS:
             raise InputError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}", {"field": "action"})
         return Action(id=job_id, name=action)
-    workflow = parse_workflow(raw.get("workflow"))
-    check_limits(workflow, cfg)
+    workflow, template = parse_workflow_or_template(raw)
+    check_limits(workflow, cfg.limits)
     images = parse_images(raw.get("images"), cfg)
     output = parse_output(raw.get("output"), cfg)
     timeout_s = parse_timeout(raw.get("timeout_s"), cfg)
-    return Job(id=job_id, workflow=workflow, images=images, output=output, timeout_s=timeout_s)
+    return Job(id=job_id, workflow=workflow, images=images, output=output, timeout_s=timeout_s, template=template)
+
+
+def parse_workflow_or_template(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``workflow`` as sent, or ``template`` + ``params`` expanded (workflows/); never both."""
+    if "template" not in raw:
+        if "params" in raw:
+            raise InputError("'params' needs a 'template' (e.g. {\"template\": \"sdxl_txt2img\", \"params\": {...}}); "
+                             "a raw 'workflow' takes no params", {"field": "params"})
+        return parse_workflow(raw.get("workflow")), None
+    if raw.get("workflow") is not None:
+        raise InputError("send either 'workflow' or 'template' (with 'params'), not both", {"field": "template"})
+    workflow, used = expand_template(raw["template"], raw.get("params"))
+    return workflow, {"name": raw["template"], "params": used}
 
 
 def _kind(value: Any) -> str:
@@ -124,40 +141,6 @@ def parse_workflow(value: Any) -> dict[str, Any]:
             raise InputError(f"workflow node {node_id!r} ('{node['class_type']}'): 'inputs' must be an object",
                              {"field": "workflow", "node_id": str(node_id)})
     return value
-
-
-_PIXEL_PAIRS = (("width", "height"),)
-_BATCH_KEYS = ("batch_size",)
-_STEP_KEYS = ("steps",)
-_FRAME_KEYS = ("length", "frames", "num_frames", "frame_count", "video_frames")
-
-
-def check_limits(workflow: dict[str, Any], cfg: WorkerConfig) -> None:
-    """Refuse literal sizes over the configured limits (pixels, batch, steps, frames)."""
-    lim = cfg.limits
-
-    def over(node_id: str, node: dict, what: str, value: int, limit: int, env: str) -> InputError:
-        return InputError(
-            f"workflow node {node_id!r} ({node.get('class_type')}) asks for {what} {value}, over this worker's "
-            f"limit {limit} (set {env} to raise it)",
-            {"field": "workflow", "node_id": node_id, "limit": env, "value": value},
-        )
-
-    for node_id, node in workflow.items():
-        inputs = node.get("inputs") or {}
-        ints = {k: v for k, v in inputs.items() if isinstance(v, int) and not isinstance(v, bool)}
-        for wk, hk in _PIXEL_PAIRS:
-            if wk in ints and hk in ints and ints[wk] * ints[hk] > lim.max_pixels:
-                raise over(node_id, node, "width×height", ints[wk] * ints[hk], lim.max_pixels, "LIMIT_MAX_PIXELS")
-        for key in _BATCH_KEYS:
-            if ints.get(key, 0) > lim.max_batch:
-                raise over(node_id, node, key, ints[key], lim.max_batch, "LIMIT_MAX_BATCH")
-        for key in _STEP_KEYS:
-            if ints.get(key, 0) > lim.max_steps:
-                raise over(node_id, node, key, ints[key], lim.max_steps, "LIMIT_MAX_STEPS")
-        for key in _FRAME_KEYS:
-            if ints.get(key, 0) > lim.max_frames:
-                raise over(node_id, node, key, ints[key], lim.max_frames, "LIMIT_MAX_FRAMES")
 
 
 def check_image_name(name: Any, where: str) -> str:

@@ -9,7 +9,7 @@ so custom nodes are covered too:
   skipped (SDXL size conditioning often says 4096×4096 without rendering it);
 - batch: ``batch_size``, ``amount`` (Repeat*Batch), ``num_images`` ≤ ``max_batch``;
 - steps: ``steps`` ≤ ``max_steps``;
-- frames: ``length``, ``frame_count``, ``video_frames``, ``num_frames`` ≤ ``max_frames``;
+- frames: ``length``, ``frames``, ``frame_count``, ``video_frames``, ``num_frames`` ≤ ``max_frames``;
 - bytes: any string input ≤ ``max_input_bytes`` (base64 images pasted inline).
 
 Linked inputs (``["node", index]``) are skipped: their values exist only at run
@@ -29,7 +29,7 @@ from rp_handler.errors import InputError
 
 BATCH_INPUTS = frozenset({"batch_size", "amount", "num_images"})
 STEP_INPUTS = frozenset({"steps"})
-FRAME_INPUTS = frozenset({"length", "frame_count", "video_frames", "num_frames"})
+FRAME_INPUTS = frozenset({"length", "frames", "frame_count", "video_frames", "num_frames"})
 # Nodes whose width/height describe conditioning, not an image that is rendered.
 _CONDITIONING_MARKERS = ("TextEncode", "Conditioning")
 _MEGAPIXEL = 1024 * 1024  # ComfyUI's ImageScaleToTotalPixels counts 1 MP as 1024²

@@ -40,6 +40,7 @@ def run_with_retry(
     *,
     on_retry: Callable[[BaseException, int], None] | None = None,
     wait_s: float = 0.0,
+    attempts: int = MAX_ATTEMPTS,
 ) -> T:
     """Call ``fn``; on a retryable error call ``on_retry(err, attempt)`` and try once more."""
 
@@ -50,7 +51,7 @@ def run_with_retry(
             on_retry(err, state.attempt_number)
 
     retrying = Retrying(
-        stop=stop_after_attempt(MAX_ATTEMPTS),
+        stop=stop_after_attempt(max(1, min(attempts, MAX_ATTEMPTS))),
         retry=retry_if_exception(is_retryable),
         wait=wait_fixed(wait_s),
         before_sleep=before_sleep,

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -175,13 +176,59 @@ def test_progress_updates_in_order(live_worker):
 
 def test_comfy_death_fails_job_with_log_tail_then_restarts(live_worker):
     live_worker.faults({"die_during_prompt": 1})
-    res = live_worker.run(TEST_INPUT, "dies")
+    old = live_worker.ctx.cfg
+    live_worker.ctx.cfg = dataclasses.replace(old, job_retries=0)
+    try:
+        res = live_worker.run(TEST_INPUT, "dies")
+    finally:
+        live_worker.ctx.cfg = old
     assert res["details"]["code"] == "comfy_died", res
     assert any("die_during_prompt" in line for line in res["details"]["log_tail"])
     assert "refresh_worker" not in res
     again = live_worker.run(TEST_INPUT, "after")
     assert "error" not in again, again
     assert live_worker.sup.restarts == 1
+
+
+def live_worker_requests(worker) -> list[tuple[str, str]]:
+    with urllib.request.urlopen(f"{worker.url}/__fake__/requests", timeout=10) as resp:
+        return [tuple(x) for x in json.load(resp)]
+
+
+def test_comfy_death_mid_job_is_retried_once_on_the_restarted_comfy(live_worker):
+    restarts = live_worker.sup.restarts
+    live_worker.faults({"die_during_prompt": 1})
+    res = live_worker.run(TEST_INPUT, "dies-then-retried")
+    assert "error" not in res, res
+    assert len(res["outputs"]) == 1 and res["outputs"][0]["data"]
+    (first,) = res["retried"]
+    assert first["details"]["code"] == "comfy_died"
+    assert any("die_during_prompt" in line for line in first["details"]["log_tail"])
+    assert live_worker.sup.restarts == restarts + 1
+
+
+def test_out_of_memory_frees_and_retries_once_then_reports(live_worker):
+    seen = len(live_worker_requests(live_worker))
+    live_worker.faults({"oom_on_node": "ImageInvert"})
+    job = json.loads(json.dumps(TEST_INPUT))
+    job["workflow"]["1"]["inputs"]["color"] = 0x123456  # nothing of it is in ComfyUI's cache
+    try:
+        res = live_worker.run(job, "oom")
+    finally:
+        live_worker.faults({})
+    assert res.get("details", {}).get("code") == "out_of_memory", {k: v for k, v in res.items() if k != "outputs"}
+    assert res["details"]["retried"][0]["details"]["code"] == "out_of_memory"
+    posts = [p for m, p in live_worker_requests(live_worker)[seen:] if m == "POST"]
+    assert posts.count("/prompt") == 2 and "/free" in posts, posts
+    assert "error" not in live_worker.run(TEST_INPUT, "after-oom")
+
+
+def test_validation_errors_are_never_retried(live_worker):
+    seen = len(live_worker_requests(live_worker))
+    res = live_worker.run({"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}, "bad")
+    assert res["details"]["code"] == "prompt_validation"
+    posts = [p for m, p in live_worker_requests(live_worker)[seen:] if m == "POST"]
+    assert posts.count("/prompt") == 1, posts
 
 
 def test_refresh_worker_after_max_restarts(tmp_path):

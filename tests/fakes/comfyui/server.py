@@ -165,6 +165,7 @@ class FakeComfy:
             if path != "/":
                 app.router.add_route(method, "/api" + path, handler)
         app.router.add_route("POST", "/__fake__/faults", self.post_faults)
+        app.router.add_route("GET", "/__fake__/requests", self.get_requests)
         return app
 
     @web.middleware
@@ -375,6 +376,10 @@ class FakeComfy:
         if self.free_flags.get("unload_models") or self.free_flags.get("free_memory"):
             log.info("[fake] free: %s", self.free_flags)
         self.free_flags = {}
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        """Test control: every (method, path) this server has seen, in order."""
+        return web.json_response([[m, p] for m, p in self.requests])
 
     async def post_faults(self, request: web.Request) -> web.Response:
         self.set_faults(await request.json())
