@@ -174,7 +174,8 @@ def cmd_realize(cfg: BuildConfig, args: argparse.Namespace) -> int:
         raise UsageError(f"--python {python} does not exist (give the interpreter ComfyUI runs with)")
     opts = RealizeOptions(target=Path(args.target) if args.target else None, offline=args.offline,
                           wheels_dir=wheels.absolute() if wheels else None, dry_run=args.dry_run, force=args.force,
-                          python=python, skip_models=args.skip_models, installer=args.installer, jobs=args.jobs)
+                          python=python, skip_models=args.skip_models, installer=args.installer, jobs=args.jobs,
+                          bytecode=not args.no_bytecode)
     result = realize(cfg, spec, opts)
     if args.dry_run:
         emit(args, result.to_dict(), [f"plan for {result.home} (dry run, nothing changed):"]
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--skip-models", action="store_true", help="do not fetch models")
     sp.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto", help="uv when present (auto) or pip")
     sp.add_argument("--jobs", type=int, default=4, help="parallel model downloads")
+    sp.add_argument("--no-bytecode", action="store_true",
+                    help="do not compile ComfyUI, nodes and site-packages to .pyc (they are by default)")
 
     sp = add("lock", cmd_lock, "print the lock, or --check whether it is fresh for the spec (no network)")
     sp.add_argument("id", help="version id or path to a spec file")
