@@ -23,7 +23,17 @@ compile time and how many .pyc each start wrote.  Every boot starts after ``sync
 writeback of just-written .pyc does not compete with it (an image is built long before
 it starts).  The copies are deleted afterwards.
 
+With ``--uv`` it instead measures, in fresh venvs filled from uv's cache
+(``uv pip freeze`` of COMFYUI_PYTHON; one untimed install fills the cache, the
+timed ones run ``--offline``), ``uv pip install`` + our
+site-packages compile without and with uv's own ``--compile-bytecode``.
+
+With ``--import-cost CODE`` it times ``python -c CODE`` in COMFYUI_PYTHON with
+timestamp, checked-hash and unchecked-hash .pyc of its site-packages, kept apart under
+``-X pycache_prefix`` dirs (the venv itself is not touched), interleaved.
+
 Usage: python bench/bytecode_bench.py [--repeat 3] [--mode checked-hash|timestamp|unchecked-hash]
+       [--uv | --import-cost "import torch"]
 """
 
 from __future__ import annotations
@@ -141,11 +151,78 @@ def boot(python: Path, comfy: Path, work: Path, tag: str, deadline_s: float = 30
         logf.close()
 
 
+def uv_compare(python_in: Path, work: Path, repeat: int, mode: str) -> None:
+    """uv install + our compile, without and with ``uv --compile-bytecode`` (fresh venvs, uv's cache)."""
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    freeze = subprocess.run([uv, "pip", "freeze", "--python", str(python_in)], capture_output=True, text=True,
+                            check=True).stdout
+    reqs = work / "freeze.txt"
+    reqs.write_text(freeze)
+    base = subprocess.run([str(python_in), "-c", "import sys; print(sys._base_executable)"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    warm = work / "uv-warm"  # fills uv's cache (the packages pip put there come from the index once)
+    subprocess.run([uv, "venv", "-q", "--python", base, str(warm)], check=True)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(warm / "bin" / "python"), "-r", str(reqs)], check=True)
+    shutil.rmtree(warm)
+    times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for i in range(repeat):
+        for flag in (False, True):
+            venv = work / f"uv-{i}-{int(flag)}"
+            subprocess.run([uv, "venv", "-q", "--python", base, str(venv)], check=True)
+            py = venv / "bin" / "python"
+            cmd = [uv, "pip", "install", "-q", "--python", str(py), "--offline", "-r", str(reqs)]
+            os.sync()
+            t0 = time.perf_counter()
+            subprocess.run(cmd + (["--compile-bytecode"] if flag else []), check=True)
+            t1 = time.perf_counter()
+            bytecode.compile_targets(py, work / "no-comfy", [bytecode.SITE], mode=mode)
+            t2 = time.perf_counter()
+            times[flag].append((t1 - t0, t2 - t1))
+            log.info("uv round %d, --compile-bytecode=%s: install %.1f s, our compile %.1f s", i + 1, flag,
+                     t1 - t0, t2 - t1)
+            shutil.rmtree(venv)
+    med = {f: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v)) for f, v in times.items()}
+    plain, comp = sum(med[False]), sum(med[True])
+    n = len([ln for ln in freeze.splitlines() if ln.strip()])
+    print(f"fresh venv, {n} packages from uv's cache, {repeat} runs, median: uv install {med[False][0]:.1f} s + "
+          f"our compile ({mode}) {med[False][1]:.1f} s = {plain:.1f} s (baseline); with uv --compile-bytecode: "
+          f"{med[True][0]:.1f} s + {med[True][1]:.1f} s = {comp:.1f} s, ratio {comp / plain:.3f}")
+
+
+def import_cost(python_in: Path, work: Path, repeat: int, code: str) -> None:
+    """``python -c CODE`` with timestamp vs checked-hash vs unchecked-hash .pyc, interleaved.
+
+    Each mode's .pyc live under their own ``-X pycache_prefix`` (nothing in the venv is
+    touched); one warm-up run per mode, then ``repeat`` interleaved runs.
+    """
+    modes = ("timestamp", "checked-hash", "unchecked-hash")
+    site = bytecode.site_dirs(python_in)
+    for mode in modes:
+        prefix = work / f"prefix-{mode}"
+        subprocess.run([str(python_in), "-X", f"pycache_prefix={prefix}", "-m", "compileall", "-q", "-j", "0",
+                        "--invalidation-mode", mode, *map(str, site)], capture_output=True)
+        subprocess.run([str(python_in), "-X", f"pycache_prefix={prefix}", "-c", code], check=True, capture_output=True)
+    got: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(repeat):
+        for mode in modes:
+            os.sync()
+            t0 = time.perf_counter()
+            subprocess.run([str(python_in), "-X", f"pycache_prefix={work / f'prefix-{mode}'}", "-c", code],
+                           check=True, capture_output=True)
+            got[mode].append(time.perf_counter() - t0)
+    med = {m: statistics.median(v) for m, v in got.items()}
+    print(f"python -c {code!r}, {repeat} interleaved runs, median: timestamp .pyc {med['timestamp']:.2f} s "
+          f"(baseline), checked-hash {med['checked-hash']:.2f} s (ratio {med['checked-hash'] / med['timestamp']:.3f}), "
+          f"unchecked-hash {med['unchecked-hash']:.2f} s (ratio {med['unchecked-hash'] / med['timestamp']:.3f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--mode", default=bytecode.MODE, choices=("checked-hash", "timestamp", "unchecked-hash"))
     ap.add_argument("--phases", default="abcd", help="which of a, b, c, d to run (b is the baseline)")
+    ap.add_argument("--uv", action="store_true", help="compare uv install + compile with/without --compile-bytecode")
+    ap.add_argument("--import-cost", metavar="CODE", help="time `python -c CODE` with each .pyc mode instead")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     comfy_dir, python_in = os.environ.get("COMFYUI_DIR"), os.environ.get("COMFYUI_PYTHON")
@@ -155,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     prefix = venv_prefix(Path(python_in))
     work = Path(tempfile.mkdtemp(prefix="bytecode-bench-", dir="/tmp"))
     try:
+        if args.uv:
+            uv_compare(Path(python_in), work, args.repeat, args.mode)
+            return 0
+        if args.import_cost:
+            import_cost(Path(python_in), work, args.repeat, args.import_cost)
+            return 0
         comfy = work / "ComfyUI"
         subprocess.run(["cp", "-a", comfy_dir, str(comfy)], check=True)
         subprocess.run(["cp", "-a", str(prefix), str(work / "venv")], check=True)

@@ -94,11 +94,14 @@ def comfy_exclude(home: Path, inner_site: list[Path]) -> str:
 
 
 def compile_command(python: Path, paths: list[Path], exclude: str | None, *, mode: str = MODE) -> list[str]:
-    """``python -I -m compileall -q -j 0 --invalidation-mode MODE [-x RX] PATHS``.
+    """``python -I -m compileall -q -f -j 0 --invalidation-mode MODE [-x RX] PATHS``.
 
-    ``-I`` keeps PYTHONPYCACHEPREFIX and friends from sending the files elsewhere.
+    ``-I`` keeps PYTHONPYCACHEPREFIX and friends from sending the files elsewhere.  ``-f``:
+    compileall skips a file whose .pyc has a matching *timestamp* header whatever the
+    mode asked for, so timestamp .pyc left by pip, ``uv --compile-bytecode`` or an
+    earlier start would stay; a hash mode rewrites every file anyway.
     """
-    cmd = [str(python), "-I", "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", mode]
+    cmd = [str(python), "-I", "-m", "compileall", "-q", "-f", "-j", "0", "--invalidation-mode", mode]
     if exclude:
         cmd += ["-x", exclude]
     return cmd + [str(p) for p in paths]

@@ -147,6 +147,21 @@ def test_second_realize_plans_no_compile_and_changes_plan_only_what_changed(worl
     assert realize(world.cfg, spec, opts(world, venv_python)).plan.empty
 
 
+def test_timestamp_pyc_left_by_an_installer_are_replaced(world, bc_repos, venv_python):
+    spec = load_spec(make_spec(world, bc_repos, nodes=("good",)))
+    home = realize(world.cfg, spec, opts(world, venv_python, bytecode=False)).home
+    site = site_packages(venv_python)
+    # what pip, `uv --compile-bytecode` or a first start leave behind: timestamp .pyc
+    subprocess.run([str(venv_python), "-m", "compileall", "-q", "--invalidation-mode", "timestamp", str(site),
+                    str(home)], check=True)
+    pyc = Path(importlib.util.cache_from_source(str(site / "tinyfoo" / "__init__.py")))
+    assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0
+    realize(world.cfg, spec, opts(world, venv_python))
+    for src in (site / "tinyfoo" / "__init__.py", home / "comfy" / "model.py"):
+        header = Path(importlib.util.cache_from_source(str(src))).read_bytes()
+        assert int.from_bytes(header[4:8], "little") == 0b11, src
+
+
 def test_no_bytecode_compiles_nothing(world, bc_repos, venv_python, capsys):
     make_spec(world, bc_repos, nodes=("good",))
     env_args = ["--python", str(venv_python), "--wheels-dir", str(world.wheels), "--no-bytecode"]
@@ -169,7 +184,7 @@ def test_comfy_scope_skips_node_folders_git_and_an_inner_venv(tmp_path):
     assert not rx.search(f"{home}/comfy/model_management.py")
     cmd = bytecode.compile_command(Path("/py"), [home], None)
     assert cmd[:4] == ["/py", "-I", "-m", "compileall"] and cmd[cmd.index("-j") + 1] == "0"
-    assert cmd[cmd.index("--invalidation-mode") + 1] == "checked-hash" and "-q" in cmd
+    assert cmd[cmd.index("--invalidation-mode") + 1] == "checked-hash" and "-q" in cmd and "-f" in cmd
 
 
 A, B = "a" * 40, "b" * 40
