@@ -175,7 +175,8 @@ def cmd_realize(cfg: BuildConfig, args: argparse.Namespace) -> int:
     opts = RealizeOptions(target=Path(args.target) if args.target else None, offline=args.offline,
                           wheels_dir=wheels.absolute() if wheels else None, dry_run=args.dry_run, force=args.force,
                           python=python, skip_models=args.skip_models, installer=args.installer, jobs=args.jobs,
-                          snapshot_object_info=args.snapshot_object_info)
+                          snapshot_object_info=args.snapshot_object_info,
+                          bytecode=not args.no_bytecode)
     result = realize(cfg, spec, opts)
     if args.dry_run:
         emit(args, result.to_dict(), [f"plan for {result.home} (dry run, nothing changed):"]
@@ -335,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--snapshot-object-info", action="store_true",
                     help="boot the realized ComfyUI once on CPU and save its /object_info for the model cache "
                          "(also options.snapshot_object_info; skipped when nothing changed)")
+    sp.add_argument("--no-bytecode", action="store_true",
+                    help="do not compile ComfyUI, nodes and site-packages to .pyc (they are by default)")
 
     sp = add("lock", cmd_lock, "print the lock, or --check whether it is fresh for the spec (no network)")
     sp.add_argument("id", help="version id or path to a spec file")

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bytecode import COMFY, MODE, SITE, node_target
 from .spec import NVME_NODE_NAME, Spec
 
 STATE_FILE = ".version-state.json"
@@ -50,6 +51,8 @@ class Observed:
     nvme_node_current: str | None = None  # digest of custom_nodes/nvme_cache on disk; None: absent
     snapshot_wanted: str | None = None  # snapshot key (builder.extras.snapshot_key); None: no snapshot
     snapshot_current: str | None = None  # key recorded with the snapshot on disk; None: none there
+    python: str = ""  # the target interpreter
+    site_digest: str | None = None  # installed distributions in the site dirs the last compile saw; None: unknown
 
 
 @dataclass(frozen=True)
@@ -57,18 +60,21 @@ class Flags:
     offline: bool = False
     force: bool = False
     skip_models: bool = False
+    bytecode: bool = False  # plan the .pyc compile (realize turns it on unless --no-bytecode)
+    bytecode_mode: str = MODE
 
 
 @dataclass(frozen=True)
 class Action:
     kind: str  # clean, fetch, clone, update, remove_node, pip, record_pip, install_py, nvme_node,
-    #            remove_nvme_node, extra_paths, models, object_info
+    #            remove_nvme_node, extra_paths, models, object_info, bytecode
     name: str = ""
     repo: str = ""
     sha: str = ""
     path: Path | None = None
     force: bool = False
     detail: str = ""
+    targets: tuple[str, ...] = ()  # bytecode: "ComfyUI", "custom_nodes/<name>", "site-packages"
 
     def describe(self) -> str:
         where = f" → {self.path}" if self.path else ""
@@ -76,6 +82,8 @@ class Action:
             return f"{self.kind} {self.name} {self.repo} @ {self.sha[:12]}{where}{' (force)' if self.force else ''}"
         if self.kind == "fetch":
             return f"fetch {self.repo} into the git cache (needs {self.sha[:12]})"
+        if self.kind == "bytecode":
+            return f"bytecode: compile {', '.join(self.targets)} to .pyc ({self.detail})"
         head = " ".join(part for part in (self.kind, self.name) if part)
         return f"{head}{where}{': ' + self.detail if self.detail else ''}"
 
@@ -127,6 +135,24 @@ def _checkout_actions(name: str, repo: str, sha: str, obs: Checkout, pending: se
     return True
 
 
+def bytecode_targets(lock: dict, obs: Observed, flags: Flags, comfy_changed: bool, changed_nodes: set[str],
+                     pip_planned: bool) -> tuple[str, ...]:
+    """Scopes whose .pyc are missing or stale, judged from what the state file says was compiled."""
+    done = (obs.state or {}).get("bytecode") or {}
+    same = done.get("python") == obs.python and done.get("mode") == flags.bytecode_mode
+    if not same:
+        done = {}
+    out = []
+    if comfy_changed or done.get("comfy") != lock["comfy"]["commit"]:
+        out.append(COMFY)
+    for node in lock["custom_nodes"]:
+        if node["name"] in changed_nodes or done.get("nodes", {}).get(node["name"]) != node["commit"]:
+            out.append(node_target(node["name"]))
+    if pip_planned or obs.site_digest is None or obs.site_digest != done.get("packages"):
+        out.append(SITE)
+    return tuple(out)
+
+
 def make_plan(spec: Spec, lock: dict, obs: Observed, flags: Flags) -> Plan:
     actions: list[Action] = []
     problems: list[str] = []
@@ -173,6 +199,11 @@ def make_plan(spec: Spec, lock: dict, obs: Observed, flags: Flags) -> Plan:
     elif obs.extra_paths_wanted is None and (obs.extra_paths_current or b"").startswith(EXTRA_PATHS_HEADER):
         actions.append(Action("clean", name="extra_model_paths.yaml", path=obs.home / "extra_model_paths.yaml",
                               detail="models now live inside COMFY_HOME"))
+    if flags.bytecode:
+        pip_planned = any(a.kind in ("pip", "install_py") for a in actions)
+        targets = bytecode_targets(lock, obs, flags, changed, changed_nodes, pip_planned)
+        if targets:
+            actions.append(Action("bytecode", targets=targets, detail=flags.bytecode_mode))
     if lock["models"] and not flags.skip_models and not spec.options.skip_models and not obs.models_ok:
         actions.append(Action("models", detail=f"{len(lock['models'])} model(s)"))
     changes_nodes = any(a.kind in CHANGES_OBJECT_INFO for a in actions)

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import bytecode
 from .config import BuildConfig
 from .errors import BuildError, LockError, OfflineMissingError, TargetModifiedError
 from .extras import NVME_NODE_SOURCE, fetch_object_info, install_tree, snapshot_key, tree_digest, write_snapshot
@@ -52,6 +53,7 @@ class RealizeOptions:
     jobs: int = 4
     snapshot_object_info: bool = False  # also when the spec sets options.snapshot_object_info
     snapshot_timeout_s: float = 300.0
+    bytecode: bool = True  # compile ComfyUI, nodes and site-packages to .pyc (--no-bytecode: off)
 
 
 @dataclass
@@ -209,7 +211,13 @@ def observe(cfg: BuildConfig, spec: Spec, lock: dict, home: Path, opts: RealizeO
         snap_wanted = snapshot_key(lock, pip_digest, node_current if spec.options.nvme_cache_node else None)
         if (home / SNAPSHOT_RELPATH).is_file():
             snap_current = state.get("object_info", {}).get("key")
+    python = str(opts.python)
+    done = state.get("bytecode") or {}
+    site_digest = None
+    if opts.bytecode and done.get("python") == python and done.get("site_dirs"):
+        site_digest = bytecode.packages_digest(done["site_dirs"])
     return Observed(
+        python=python, site_digest=site_digest,
         home=home, comfy=comfy, nodes=nodes, state=state, leftovers=tuple(leftovers), stray_nodes=stray,
         pip_digest=pip_digest,
         models_ok=models_present(lock, state, home, models_dir) if lock["models"] else True,
@@ -227,6 +235,7 @@ class _Executor:
         self.state = dict(state)
         self.state.setdefault("nodes", {})
         self.lock_dirty = False
+        self.site_changed = False  # pip or an install.py ran in this realize
 
     def save(self) -> None:
         if self.home.is_dir():
@@ -297,6 +306,7 @@ class _Executor:
             constraints=tuple(constraint_lines(list(spec.pip_constraints), pinned, locked)),
             wheels_dir=opts.wheels_dir, offline=opts.offline, index_url=spec.options.pip_index_url,
             extra_index_urls=spec.options.pip_extra_index_urls, pinned=tuple(sorted(pinned)))
+        self.site_changed = True
         install(find_installer(opts.installer), req)
         self.state["pip_digest"] = pip_inputs_digest(self.home, spec, self.lock, opts)
         self.save()
@@ -310,6 +320,7 @@ class _Executor:
             self.lock_dirty = True
 
     def do_install_py(self, a: Action) -> None:
+        self.site_changed = True
         run_install_py(self.opts.python, a.path)
         self.state.setdefault("install_py", {})[a.name] = next(
             n["commit"] for n in self.lock["custom_nodes"] if n["name"] == a.name)
@@ -338,6 +349,31 @@ class _Executor:
 
     def do_extra_paths(self, a: Action) -> None:
         atomic_write(a.path, extra_model_paths_yaml(self.cfg.models_dir, self.lock))
+
+    def do_bytecode(self, a: Action) -> None:
+        python = str(self.opts.python)
+        done = dict(self.state.get("bytecode") or {})
+        if done.get("python") != python or done.get("mode") != a.detail:
+            done = {"python": python, "mode": a.detail}
+        targets = list(a.targets)
+        if (bytecode.SITE in targets and not self.site_changed and done.get("site_dirs")
+                and bytecode.packages_digest(done["site_dirs"]) == done.get("packages")):
+            log.info("installed packages unchanged since the last compile: site-packages not compiled again")
+            targets.remove(bytecode.SITE)
+        facts = bytecode.compile_targets(self.opts.python, self.home, targets, mode=a.detail)
+        nodes = {n["name"]: n["commit"] for n in self.lock["custom_nodes"]}
+        compiled = {name: sha for name, sha in (done.get("nodes") or {}).items() if name in nodes}
+        for target in targets:
+            if target == bytecode.COMFY:
+                done["comfy"] = self.lock["comfy"]["commit"]
+            elif target == bytecode.SITE:
+                done["site_dirs"], done["packages"] = facts["site_dirs"], facts["packages"]
+            else:
+                name = target.split("/", 1)[1]
+                compiled[name] = nodes[name]
+        done["nodes"] = compiled
+        self.state["bytecode"] = done
+        self.save()
 
     def do_models(self, a: Action) -> None:
         try:
@@ -387,7 +423,7 @@ def realize(cfg: BuildConfig, spec: Spec, opts: RealizeOptions) -> RealizeResult
     opts = replace(opts, offline=offline)
     lock, lock_written = ensure_lock(cfg, spec, offline=offline, write=not opts.dry_run)
     home = (opts.target or cfg.comfy_home_for(spec.version_id)).expanduser().absolute()
-    flags = Flags(offline=offline, force=opts.force, skip_models=opts.skip_models)
+    flags = Flags(offline=offline, force=opts.force, skip_models=opts.skip_models, bytecode=opts.bytecode)
     plan = make_plan(spec, lock, observe(cfg, spec, lock, home, opts), flags)
     result = RealizeResult(home=home, lock_path=cfg.lock_path(spec.version_id), plan=plan, lock_written=lock_written,
                            dry_run=opts.dry_run)

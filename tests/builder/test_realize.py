@@ -130,7 +130,7 @@ def test_leftover_incomplete_checkout_is_cleaned_and_completed(world, venv_pytho
     site = venv_python.parent.parent / "lib"
     site_before = tree_snapshot(site)
     result = realize(world.cfg, spec, opts(world, venv_python))
-    assert [a.kind for a in result.plan.actions] == ["clean", "clone", "pip"]
+    assert [a.kind for a in result.plan.actions] == ["clean", "clone", "pip", "bytecode"]
     assert tree_snapshot(site) == site_before  # requirements unchanged: no install ran
     assert not half.exists()
     assert git("rev-parse", "HEAD", cwd=home / "custom_nodes" / "node-c") == world.node_c.sha("v2")
@@ -183,7 +183,7 @@ def test_interrupted_in_place_update_is_finished_not_refused(world, venv_python)
     (node / "__init__.py").write_text("half written")
     result = realize(world.cfg, spec, opts(world, venv_python))
     assert [a.kind for a in result.plan.actions][:1] == ["update"]
-    assert git("status", "--porcelain", cwd=node) == ""
+    assert git("status", "--porcelain", "--untracked-files=no", cwd=node) == ""  # __pycache__/ is untracked
     assert read_state(home)["pending"] == []
 
 
@@ -196,7 +196,7 @@ def test_failing_pip_install_is_one_line_and_retried_next_time(world, venv_pytho
     assert "\n" not in msg and "tinymissing" in msg and f"add the missing wheels to {world.wheels}" in msg
     assert "pip_digest" not in read_state(world.tmp / "target" / "ComfyUI")
     plan = realize(world.cfg, spec, opts(world, venv_python, dry_run=True)).plan
-    assert [a.kind for a in plan.actions] == ["pip", "extra_paths"]
+    assert [a.kind for a in plan.actions] == ["pip", "extra_paths", "bytecode"]
 
 
 def test_removed_node_is_deleted_and_pip_uses_lock_pins(world, venv_python):
