@@ -148,6 +148,8 @@ def bytecode_targets(lock: dict, obs: Observed, flags: Flags, comfy_changed: boo
     for node in lock["custom_nodes"]:
         if node["name"] in changed_nodes or done.get("nodes", {}).get(node["name"]) != node["commit"]:
             out.append(node_target(node["name"]))
+    if obs.nvme_node_wanted is not None and done.get("nvme_node") != obs.nvme_node_wanted:
+        out.append(node_target(NVME_NODE_NAME))  # the worker's OnDemand node, by content digest
     if pip_planned or obs.site_digest is None or obs.site_digest != done.get("packages"):
         out.append(SITE)
     return tuple(out)

@@ -368,6 +368,8 @@ class _Executor:
                 done["comfy"] = self.lock["comfy"]["commit"]
             elif target == bytecode.SITE:
                 done["site_dirs"], done["packages"] = facts["site_dirs"], facts["packages"]
+            elif target == bytecode.node_target(NVME_NODE_NAME) and NVME_NODE_NAME not in nodes:
+                done["nvme_node"] = tree_digest(self.home / "custom_nodes" / NVME_NODE_NAME)
             else:
                 name = target.split("/", 1)[1]
                 compiled[name] = nodes[name]

@@ -78,7 +78,7 @@ def test_realize_compiles_every_source_and_the_target_uses_them(world, bc_repos,
     caplog.set_level(logging.WARNING, logger="builder.bytecode")
     result = realize(world.cfg, load_spec(make_spec(world, bc_repos)), opts(world, venv_python))
     home, site = result.home, site_packages(venv_python)
-    assert any(d.startswith("bytecode: compile ComfyUI, custom_nodes/node-good, custom_nodes/node-bad, "
+    assert any(d.startswith("bytecode: compile ComfyUI, custom_nodes/node-good, custom_nodes/node-bad, custom_nodes/nvme_cache, "
                             "site-packages to .pyc (checked-hash)") for d in result.done)
 
     broken = home / "custom_nodes" / "node-bad" / "legacy" / "py2_only.py"
@@ -121,7 +121,7 @@ def test_pyc_survive_moved_mtimes_and_edited_sources_still_win(world, bc_repos, 
 def test_second_realize_plans_no_compile_and_changes_plan_only_what_changed(world, bc_repos, venv_python):
     spec = load_spec(make_spec(world, bc_repos, nodes=("good",)))
     dry = realize(world.cfg, spec, opts(world, venv_python, dry_run=True))
-    assert "bytecode: compile ComfyUI, custom_nodes/node-good, site-packages to .pyc (checked-hash)" in dry.plan.lines()
+    assert "bytecode: compile ComfyUI, custom_nodes/node-good, custom_nodes/nvme_cache, site-packages to .pyc (checked-hash)" in dry.plan.lines()
     assert not dry.home.exists()
 
     first = realize(world.cfg, spec, opts(world, venv_python))

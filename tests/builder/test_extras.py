@@ -40,7 +40,7 @@ def test_nvme_node_installed_once_and_kept_by_content(world, venv_python):
     assert read_state(first.home)["nvme_cache_node"] == tree_digest(NVME_NODE_SOURCE)
     assert not list(node.parent.glob("*.incomplete*"))
 
-    (node / "__pycache__").mkdir()  # ComfyUI imported it: bytecode does not count as a change
+    (node / "__pycache__").mkdir(exist_ok=True)  # ComfyUI imported it: bytecode does not count as a change
     (node / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"\0" * 16)
     assert realize(world.cfg, spec, opts(world, venv_python)).plan.empty
 
@@ -140,7 +140,7 @@ def test_snapshot_boots_comfyui_once_and_is_skipped_when_nothing_changed(world, 
                [{"repo": world.node_c.url, "ref": "v1"}], options={"pin_installed": [], "snapshot_object_info": True})
     spec2 = load_spec(world.versions / "srv.json")
     plan = realize(world.cfg, spec2, RealizeOptions(python=python, dry_run=True)).plan
-    assert [a.kind for a in plan.actions] == ["fetch", "clone", "pip", "object_info"]
+    assert [a.kind for a in plan.actions] == ["fetch", "clone", "pip", "bytecode", "object_info"]
     path.unlink()
     realize(world.cfg, spec2, RealizeOptions(python=python))
     assert load_object_info(path) == info
