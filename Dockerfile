@@ -83,7 +83,9 @@ RUN python3 -m compileall -q -j 0 --invalidation-mode checked-hash /app
 
 # ---------------------------------------------------------------------------------------
 # realize-*: `scripts/version.py realize` against cache mounts. Only the builder and the specs
-# are copied in, so a change to the worker does not re-realize.
+# (and the OnDemand node) are copied in, so a change to the worker does not re-realize.
+# realize also compiles ComfyUI, the nodes and site-packages to .pyc (checked-hash); the RUN
+# after it compiles the interpreter's standard library the same way.
 # git objects, model blobs and uv/pip/Hugging Face downloads stay in cache mounts; the
 # realized files (checkouts, installed packages, model files) are copied out of them into
 # the layer by the builder itself (MODELS_DIR is outside every mount), and the check after
@@ -93,6 +95,8 @@ WORKDIR /app
 COPY builder/ /app/builder/
 COPY scripts/version.py /app/scripts/version.py
 COPY versions/ /app/versions/
+# realize installs the NVMe cache's OnDemand node into custom_nodes/ from here.
+COPY comfy_nodes/ /app/comfy_nodes/
 ARG VERSION_ID
 ENV COMFY_HOME=/opt/comfy \
     MODELS_DIR=/opt/models \
@@ -113,14 +117,17 @@ RUN mkdir -p /opt/models \
       printf 'realize left links into a cache mount; they would dangle in the image:\n%s\n' "$dangling" >&2; \
       exit 1; \
     fi \
- && { python3 -m compileall -q -j 0 --invalidation-mode checked-hash /opt/comfy /opt/python/current/lib \
-      || echo "compileall: some files have syntax errors and stay uncompiled"; }
+ && { python3 -m compileall -q -j 0 --invalidation-mode checked-hash \
+        "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \
+      || echo "compileall: some stdlib files have syntax errors and stay uncompiled"; }
 
 FROM deps AS realize-hybrid
 WORKDIR /app
 COPY builder/ /app/builder/
 COPY scripts/version.py /app/scripts/version.py
 COPY versions/ /app/versions/
+# realize installs the NVMe cache's OnDemand node into custom_nodes/ from here.
+COPY comfy_nodes/ /app/comfy_nodes/
 ARG VERSION_ID
 # MODELS_DIR is where the models will be at run time (the volume): realize writes
 # extra_model_paths.yaml pointing there and, with --skip-models, fetches nothing.
@@ -137,8 +144,9 @@ RUN dangling="$(find /opt/comfy /opt/cache -xtype l)" \
       printf 'realize left links into a cache mount; they would dangle in the image:\n%s\n' "$dangling" >&2; \
       exit 1; \
     fi \
- && { python3 -m compileall -q -j 0 --invalidation-mode checked-hash /opt/comfy /opt/python/current/lib \
-      || echo "compileall: some files have syntax errors and stay uncompiled"; }
+ && { python3 -m compileall -q -j 0 --invalidation-mode checked-hash \
+        "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \
+      || echo "compileall: some stdlib files have syntax errors and stay uncompiled"; }
 
 # ---------------------------------------------------------------------------------------
 # Final stages: base + copied trees only (no compilers, no caches, no build context).
@@ -160,8 +168,6 @@ COPY --link --from=realize-hybrid /etc/comfy /etc/comfy
 COPY --link --from=realize-hybrid /opt/comfy /opt/comfy
 COPY --link --from=realize-hybrid /opt/cache /opt/cache
 COPY --link --from=app /app /app
-# The OnDemand hook of the NVMe cache runs inside ComfyUI as a custom node.
-COPY --link --from=app /app/comfy_nodes/nvme_cache /opt/comfy/custom_nodes/nvme_cache
 WORKDIR /app
 ENV COMFY_VERSION_ID=${VERSION_ID} \
     COMFY_HOME=/opt/comfy \

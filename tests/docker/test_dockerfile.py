@@ -199,7 +199,8 @@ def test_realized_files_land_in_the_layer_not_in_a_cache_mount(stages):
         assert not after.mounts() and "-xtype l" in after.body and "exit 1" in after.body
         for path in [env["COMFY_HOME"], root] + ([env["MODELS_DIR"]] if mode == "baked" else []):
             assert path in after.body.split("-xtype")[0], f"{stage_name}: {path} not checked for dangling links"
-        assert "compileall" in after.body and env["COMFY_HOME"] in after.body.split("compileall")[1]
+        # realize compiled COMFY_HOME and site-packages; this RUN compiles the standard library
+        assert "compileall" in after.body and 'get_paths()["stdlib"]' in after.body.split("compileall")[1]
         if mode == "baked":  # the final stage copies MODELS_DIR even for a spec without models
             assert f"mkdir -p {env['MODELS_DIR']}" in after.body
 
@@ -357,8 +358,13 @@ def test_post_realize_check_runs_and_rejects_dangling_links(stages, stage_name, 
         (tmp_path / path.strip("/")).mkdir(parents=True, exist_ok=True)
         body = body.replace(path, str(tmp_path / path.strip("/")))
     assert not re.search(r"(?<![\w/.-])/opt/", body), body
+    stdlib_expr = """"$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')\""""
+    assert stdlib_expr in body
+    body = body.replace(stdlib_expr, str(tmp_path / "stdlib"))  # never touch this machine's stdlib
+    (tmp_path / "stdlib").mkdir()
+    (tmp_path / "stdlib/os2.py").write_text("print('std')\n")
+    (tmp_path / "stdlib/broken.py").write_text("def (:\n")  # syntax errors are reported, not fatal
     (tmp_path / "opt/comfy/main.py").write_text("print('comfy')\n")
-    (tmp_path / "opt/comfy/broken_node.py").write_text("def (:\n")  # a node with a syntax error
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "python3").symlink_to(sys.executable)
@@ -370,7 +376,7 @@ def test_post_realize_check_runs_and_rejects_dangling_links(stages, stage_name, 
 
     ok = run()
     assert ok.returncode == 0, ok.stderr
-    assert list((tmp_path / "opt/comfy/__pycache__").glob("main.*.pyc")), "compileall did not run"
+    assert list((tmp_path / "stdlib/__pycache__").glob("os2.*.pyc")), "compileall did not run"
     (tmp_path / "opt/cache/store").mkdir()
     (tmp_path / "opt/cache/store/blob").write_text("x")
     os.symlink(tmp_path / "opt/cache/store/blob", tmp_path / "opt/comfy/model.safetensors")
