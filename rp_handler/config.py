@@ -25,6 +25,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("COMFY_MAX_RESTARTS", "3", "ComfyUI crashes tolerated before the worker asks RunPod to refresh it."),
     EnvVar("JOB_TIMEOUT_S", "600", "Default job deadline when the input has no timeout_s."),
     EnvVar("JOB_MAX_TIMEOUT_S", "3600", "Largest timeout_s a job may ask for."),
+    EnvVar("COMFY_INTERRUPT_GRACE_S", "5", "Seconds a timed-out prompt may take to stop after the interrupt before ComfyUI is restarted."),
     EnvVar("OUTPUT_MODE", "gcs if GCS_BUCKET else base64", "Default output sink: gcs, base64 or local."),
     EnvVar("OUTPUT_LOCAL_DIR", "", "Folder for output mode local."),
     EnvVar("GCS_BUCKET", "", "Bucket for output mode gcs."),
@@ -138,6 +139,7 @@ class WorkerConfig:
     limits: Limits
     io_dir: Path | None = None  # COMFY_IO_DIR (None: <tmp>/rp_handler-io)
     wait_ready_before_loop: bool = False  # WAIT_READY_BEFORE_LOOP
+    interrupt_grace_s: float = 5.0  # COMFY_INTERRUPT_GRACE_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
@@ -193,6 +195,7 @@ class WorkerConfig:
             ),
             io_dir=Path(env["COMFY_IO_DIR"]).expanduser() if env.get("COMFY_IO_DIR") else None,
             wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
+            interrupt_grace_s=max(0.0, _float(env, "COMFY_INTERRUPT_GRACE_S", 5.0)),
         )
 
     @property

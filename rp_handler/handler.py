@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 current_job: contextvars.ContextVar[str] = contextvars.ContextVar("current_job", default="-")
 
 HISTORY_DELETE_BATCH = 50
-TIMEOUT_GRACE_S = 5.0
 
 
 def read_lock_digest(path: Path) -> str | None:
@@ -193,8 +192,11 @@ def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer:
         deadline = time.monotonic() + job.timeout_s
         try:
             result = client.wait(prompt_id, deadline=deadline, on_event=on_event)
-        except errors.ComfyTimeout:
-            _recover_after_timeout(ctx, client, prompt_id)
+        except errors.ComfyTimeout as err:
+            if _recover_after_timeout(ctx, client, prompt_id):
+                err.args = (f"ComfyUI prompt {prompt_id} did not finish before the job deadline and ignored the "
+                            "interrupt; ComfyUI was restarted",)
+                err.details["comfy_restarted"] = True
             raise
         timer.mark("execution_done")
         outputs = collector.finish(result.outputs)
@@ -250,20 +252,29 @@ def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, c
     return on_event
 
 
-def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
-    """After a timeout the client has sent the interrupt; if ComfyUI is still busy, restart it."""
-    end = time.monotonic() + TIMEOUT_GRACE_S
+def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> bool:
+    """After a timeout the client has sent the interrupt; if ComfyUI is still busy, restart it.
+
+    Returns True when ComfyUI was killed. The kill is waited for, so the next job never reaches
+    the dying process (it waits for the restarted one instead).
+    """
+    grace = ctx.cfg.interrupt_grace_s
+    end = time.monotonic() + grace
     while time.monotonic() < end:
         try:
             if client.history(prompt_id):
-                return
+                return False
         except errors.WorkerError:
             break
-        time.sleep(0.1)
-    if ctx.supervisor is not None and ctx.supervisor.proc.alive:
-        log.warning("ComfyUI did not stop prompt %s within %.0f s of the interrupt; restarting it",
-                    prompt_id, TIMEOUT_GRACE_S)
-        ctx.supervisor.proc.send_signal(9)
+        time.sleep(0.05)
+    sup = ctx.supervisor
+    if sup is not None and sup.proc.alive:
+        log.warning("ComfyUI did not stop prompt %s within %.1f s of the interrupt (COMFY_INTERRUPT_GRACE_S); "
+                    "restarting it", prompt_id, grace)
+        sup.proc.send_signal(9)
+        sup.proc.wait_exit(timeout=10)
+        return True
+    return False
 
 
 def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:

@@ -1,0 +1,17 @@
+"""ComfyUI faults, each run FAULT_TRIALS times (default 20) against one supervised fake ComfyUI."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.harness import run_scenario, trials_from_env
+from tests.faults.worker_scenarios import comfy_scenarios
+
+SCENARIOS = {s.name: s for s in comfy_scenarios()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_worker_recovers_from(name, tmp_path):
+    report = run_scenario(SCENARIOS[name], trials_from_env(), tmp_path)
+    assert report.ok, f"{report.passed}/{report.trials} passed; first failures: {report.failures[:3]}"
