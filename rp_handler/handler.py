@@ -135,6 +135,11 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
     sup = ctx.supervisor
     if sup is None or generation is None or not isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)):
         return
+    if sup.stop_signal is not None:  # we stopped ComfyUI ourselves: the worker is shutting down
+        err.details["worker_stopping"] = True
+        err.args = (f"the worker is shutting down (signal {sup.stop_signal}) and stopped ComfyUI during the job; "
+                    "run the job again",)
+        return
     death = sup.death_of(generation, timeout=3.0)
     if death is None:
         return

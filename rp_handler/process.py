@@ -252,6 +252,7 @@ class Supervisor:
         self.last_exit_tail: list[str] = []
         self.deaths: dict[int, tuple[int | None, list[str]]] = {}  # generation -> (exit code, last lines)
         self._stopping = threading.Event()
+        self.stop_signal: int | None = None  # the signal forwarded to ComfyUI when the worker shuts down
         self._cond = threading.Condition()
         self._ready = False
         self._thread: threading.Thread | None = None
@@ -357,6 +358,7 @@ class Supervisor:
 
     def forward_signal(self, sig: int) -> None:
         """Stop supervising and pass ``sig`` (e.g. SIGTERM) to ComfyUI."""
+        self.stop_signal = sig
         self._stopping.set()
         log.info("forwarding signal %s to ComfyUI (pid %s)", sig, self.proc.pid)
         self.proc.send_signal(sig)

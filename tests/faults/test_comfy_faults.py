@@ -15,3 +15,11 @@ SCENARIOS = {s.name: s for s in comfy_scenarios()}
 def test_worker_recovers_from(name, tmp_path):
     report = run_scenario(SCENARIOS[name], trials_from_env(), tmp_path)
     assert report.ok, f"{report.passed}/{report.trials} passed; first failures: {report.failures[:3]}"
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_job(tmp_path):
+    from tests.faults.sigterm_scenario import SigtermDuringJob
+
+    report = run_scenario(SigtermDuringJob(), trials_from_env(default=SigtermDuringJob.ci_trials), tmp_path)
+    assert report.ok, f"{report.passed}/{report.trials} passed; first failures: {report.failures[:3]}"
