@@ -35,6 +35,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("GOOGLE_APPLICATION_CREDENTIALS", "", "Service-account JSON for GCS (never logged)."),
     EnvVar("GCS_RETRIES", "3", "Upload attempts for transient GCS errors."),
     EnvVar("GCS_RETRY_BASE_SLEEP", "0.5", "First backoff in seconds between GCS attempts (exponential)."),
+    EnvVar("GCS_TIMEOUT_S", "60", "Seconds one GCS upload request may stall before it is retried (then fails the job)."),
     EnvVar("GCS_PUBLIC", "false", "true: return public URLs instead of signed ones."),
     EnvVar("GCS_SIGNED_URL_TTL", "3600", "Signed URL lifetime in seconds."),
     EnvVar("GCS_VALIDATE", "true", "Verify CRC32C of every uploaded object."),
@@ -94,6 +95,7 @@ class GcsConfig:
     validate: bool
     emulator_host: str
     credentials_file: str = field(default="", repr=False)
+    timeout_s: float = 60.0  # GCS_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class WorkerConfig:
                 validate=truthy(env.get("GCS_VALIDATE", "true")),
                 emulator_host=env.get("STORAGE_EMULATOR_HOST", ""),
                 credentials_file=env.get("GOOGLE_APPLICATION_CREDENTIALS", ""),
+                timeout_s=max(0.1, _float(env, "GCS_TIMEOUT_S", 60.0)),
             ),
             cache=CacheConfig(
                 root=Path(cache_root) if cache_root else None,
