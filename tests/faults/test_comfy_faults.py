@@ -13,7 +13,8 @@ SCENARIOS = {s.name: s for s in comfy_scenarios()}
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_worker_recovers_from(name, tmp_path):
-    report = run_scenario(SCENARIOS[name], trials_from_env(), tmp_path)
+    scenario = SCENARIOS[name]
+    report = run_scenario(scenario, trials_from_env(default=getattr(scenario, 'ci_trials', 20)), tmp_path)
     assert report.ok, f"{report.passed}/{report.trials} passed; first failures: {report.failures[:3]}"
 
 
