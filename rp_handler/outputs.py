@@ -48,7 +48,9 @@ class OutputFile:
 
     @property
     def object_name(self) -> str:
-        return f"{self.node}_{self.index}_{self.filename}"
+        """``<node>_<index>_<file>`` as one plain name: node ids and file names come from the workflow and
+        custom nodes, so separators, control characters and leading dots are replaced."""
+        return _plain(f"{self.node}_{self.index}_{self.filename}")
 
     @property
     def mime(self) -> str:
@@ -72,6 +74,14 @@ class OutputText:
 
     def describe(self) -> dict[str, Any]:
         return {"node": self.node, "kind": self.kind, "index": self.index, "type": "text", "text": self.text}
+
+
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _plain(name: str) -> str:
+    safe = _UNSAFE.sub("_", name).lstrip(".") or "output"
+    return safe[:255]
 
 
 Item = Union[OutputFile, OutputText]
