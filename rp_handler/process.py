@@ -50,6 +50,27 @@ def gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
 
 
+_OWNED_FLAGS = ("--listen", "--port")
+
+
+def without_address_flags(args: tuple[str, ...] | list[str]) -> list[str]:
+    """Extra ComfyUI arguments minus ``--listen``/``--port``: the worker owns the address (127.0.0.1 only)."""
+    out: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("-"):
+                continue
+        name = arg.split("=", 1)[0]
+        if name in _OWNED_FLAGS:
+            log.warning("COMFY_EXTRA_ARGS: %s ignored: ComfyUI always listens on 127.0.0.1 at COMFY_PORT", name)
+            skip_value = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
 @dataclass(frozen=True)
 class ComfyDirs:
     """ComfyUI's input/output/temp folders (the worker reads outputs straight from disk)."""
@@ -104,7 +125,7 @@ class ComfyProcess:
             cmd += ["--extra-model-paths-config", str(self.extra_model_paths)]
         if self.dirs is not None:
             cmd += self.dirs.args()
-        cmd += list(self.extra_args)
+        cmd += without_address_flags(self.extra_args)
         return cmd
 
     @property
