@@ -89,14 +89,6 @@ def half_written(*dirs: Path | None) -> list[Path]:
     return found
 
 
-def files_under(*dirs: Path | None) -> list[Path]:
-    out: list[Path] = []
-    for d in dirs:
-        if d is not None and Path(d).exists():
-            out += [p for p in Path(d).rglob("*") if p.is_file()]
-    return out
-
-
 def assert_one_line_error(result: dict, codes: Iterable[str]) -> None:
     """A failed job: ``error`` is one non-empty line and its code is one we expect (never 'internal')."""
     assert isinstance(result, dict) and "error" in result, f"expected an error, got {str(result)[:300]}"
