@@ -138,7 +138,7 @@ def model_target(entry: dict) -> str | None:
         rel = raw
     else:
         rel = posixpath.join(str(entry.get("target_subdir") or "").replace("\\", "/"), model_filename(entry))
-    if rel.startswith("/") or "$" in rel:
+    if rel.startswith(("/", "~")) or "$" in rel:  # plan expands '~': it would leave the models dir
         return None
     norm = posixpath.normpath(rel)
     if norm in (".", "") or norm == ".." or norm.startswith("../"):
@@ -152,9 +152,14 @@ def did_you_mean(key: str, allowed: set[str]) -> str:
 
 
 # --- validation ------------------------------------------------------------------
+def _printable(text: str) -> str:
+    """Control characters (a key like "\\n" in a spec) shown escaped: every problem stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Problems(list):
     def add(self, path: str, msg: str) -> None:
-        self.append(f"{path}: {msg}")
+        self.append(_printable(f"{path}: {msg}"))
 
 
 def _check_keys(obj: dict, allowed: set[str], path: str, out: _Problems) -> None:

@@ -26,6 +26,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("JOB_TIMEOUT_S", "600", "Default job deadline when the input has no timeout_s."),
     EnvVar("JOB_MAX_TIMEOUT_S", "3600", "Largest timeout_s a job may ask for."),
     EnvVar("JOB_RETRIES", "1", "Whole-job retries for transient failures (ComfyUI died, out of memory): 0 or 1."),
+    EnvVar("COMFY_INTERRUPT_GRACE_S", "5", "Seconds a timed-out prompt may take to stop after the interrupt before ComfyUI is restarted."),
     EnvVar("OUTPUT_MODE", "gcs if GCS_BUCKET else base64", "Default output sink: gcs, base64 or local."),
     EnvVar("OUTPUT_LOCAL_DIR", "", "Folder for output mode local."),
     EnvVar("GCS_BUCKET", "", "Bucket for output mode gcs."),
@@ -35,6 +36,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("GOOGLE_APPLICATION_CREDENTIALS", "", "Service-account JSON for GCS (never logged)."),
     EnvVar("GCS_RETRIES", "3", "Upload attempts for transient GCS errors."),
     EnvVar("GCS_RETRY_BASE_SLEEP", "0.5", "First backoff in seconds between GCS attempts (exponential)."),
+    EnvVar("GCS_TIMEOUT_S", "60", "Seconds one GCS upload request may stall before it is retried (then fails the job)."),
     EnvVar("GCS_PUBLIC", "false", "true: return public URLs instead of signed ones."),
     EnvVar("GCS_SIGNED_URL_TTL", "3600", "Signed URL lifetime in seconds."),
     EnvVar("GCS_VALIDATE", "true", "Verify CRC32C of every uploaded object."),
@@ -95,6 +97,7 @@ class GcsConfig:
     validate: bool
     emulator_host: str
     credentials_file: str = field(default="", repr=False)
+    timeout_s: float = 60.0  # GCS_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class WorkerConfig:
     io_dir: Path | None = None  # COMFY_IO_DIR (None: <tmp>/rp_handler-io)
     wait_ready_before_loop: bool = False  # WAIT_READY_BEFORE_LOOP
     boot_nice: int = 0  # WORKER_BOOT_NICE
+    interrupt_grace_s: float = 5.0  # COMFY_INTERRUPT_GRACE_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
@@ -181,6 +185,7 @@ class WorkerConfig:
                 validate=truthy(env.get("GCS_VALIDATE", "true")),
                 emulator_host=env.get("STORAGE_EMULATOR_HOST", ""),
                 credentials_file=env.get("GOOGLE_APPLICATION_CREDENTIALS", ""),
+                timeout_s=max(0.1, _float(env, "GCS_TIMEOUT_S", 60.0)),
             ),
             cache=CacheConfig(
                 root=Path(cache_root) if cache_root else None,
@@ -199,6 +204,7 @@ class WorkerConfig:
             io_dir=Path(env["COMFY_IO_DIR"]).expanduser() if env.get("COMFY_IO_DIR") else None,
             wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
             boot_nice=max(0, min(19, _int(env, "WORKER_BOOT_NICE", 0))),
+            interrupt_grace_s=max(0.0, _float(env, "COMFY_INTERRUPT_GRACE_S", 5.0)),
         )
 
     @property

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from rp_handler.timings import COLD, JobTimer, current_job
 log = logging.getLogger(__name__)
 
 HISTORY_DELETE_BATCH = 50
-TIMEOUT_GRACE_S = 5.0
 
 
 def read_lock_digest(path: Path) -> str | None:
@@ -155,6 +153,11 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
     sup = ctx.supervisor
     if sup is None or generation is None or not isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)):
         return
+    if sup.stop_signal is not None:  # we stopped ComfyUI ourselves: the worker is shutting down
+        err.details["worker_stopping"] = True
+        err.args = (f"the worker is shutting down (signal {sup.stop_signal}) and stopped ComfyUI during the job; "
+                    "run the job again",)
+        return
     death = sup.death_of(generation, timeout=3.0)
     if death is None:
         return
@@ -252,8 +255,11 @@ def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer:
         deadline = time.monotonic() + job.timeout_s
         try:
             result = client.wait(prompt_id, deadline=deadline, on_event=on_event)
-        except errors.ComfyTimeout:
-            _recover_after_timeout(ctx, client, prompt_id, generation)
+        except errors.ComfyTimeout as err:
+            if _recover_after_timeout(ctx, client, prompt_id):
+                err.args = (f"ComfyUI prompt {prompt_id} did not finish before the job deadline and ignored the "
+                            "interrupt; ComfyUI was restarted",)
+                err.details["comfy_restarted"] = True
             raise
         timer.mark("execution_done")
         outputs = collector.finish(result.outputs)
@@ -311,21 +317,29 @@ def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, c
     return on_event
 
 
-def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str, generation: int) -> None:
-    """After a timeout the client has sent the interrupt; if ComfyUI is still busy, restart it."""
-    end = time.monotonic() + TIMEOUT_GRACE_S
+def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> bool:
+    """After a timeout the client has sent the interrupt; if ComfyUI is still busy, restart it.
+
+    Returns True when ComfyUI was killed. The kill is waited for, so the next job never reaches
+    the dying process (it waits for the restarted one instead).
+    """
+    grace = ctx.cfg.interrupt_grace_s
+    end = time.monotonic() + grace
     while time.monotonic() < end:
         try:
             if client.history(prompt_id):
-                return
+                return False
         except errors.WorkerError:
             break
-        time.sleep(0.1)
-    if ctx.supervisor is not None and ctx.supervisor.proc.alive:
-        log.warning("ComfyUI did not stop prompt %s within %.0f s of the interrupt; restarting it",
-                    prompt_id, TIMEOUT_GRACE_S)
-        ctx.supervisor.proc.send_signal(signal.SIGKILL)
-        ctx.supervisor.death_of(generation, timeout=10.0)  # the next job then waits for the restart
+        time.sleep(0.05)
+    sup = ctx.supervisor
+    if sup is not None and sup.proc.alive:
+        log.warning("ComfyUI did not stop prompt %s within %.1f s of the interrupt (COMFY_INTERRUPT_GRACE_S); "
+                    "restarting it", prompt_id, grace)
+        sup.proc.send_signal(9)
+        sup.proc.wait_exit(timeout=10)
+        return True
+    return False
 
 
 def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:

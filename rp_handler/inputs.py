@@ -64,11 +64,13 @@ def resolve(host: str, port: int) -> list[str]:
 
 
 def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: float = 30.0,
-              resolver: Resolver = resolve) -> bytes:
+              resolver: Resolver = resolve,
+              refuse: Callable[[Any], str | None] = address_refused) -> bytes:
     """GET an image, refusing private/loopback/link-local addresses after DNS (unless allowed).
 
     The connection goes to the address that was checked (no second lookup), TLS still verifies
-    the host name; redirects are followed by hand and each hop is checked again.
+    the host name; redirects are followed by hand and each hop is checked again. ``refuse`` is the
+    address policy applied after DNS (``address_refused``; tests narrow it to trust one server).
     """
     import urllib3  # lazy: only URL jobs need it
 
@@ -86,7 +88,7 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
             raise InputError(f"{where}: host {host!r} has no address", {"field": where})
         if not cfg.allow_private_urls:
             for addr in addrs:
-                reason = address_refused(ipaddress.ip_address(addr.split("%")[0]))
+                reason = refuse(ipaddress.ip_address(addr.split("%")[0]))
                 if reason:
                     raise InputError(f"{where}: host {host!r} resolves to a {reason} address; only public "
                                      "addresses are fetched (ALLOW_PRIVATE_URLS=true allows it)",

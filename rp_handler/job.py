@@ -75,6 +75,9 @@ def parse_job(job_id: str, raw: Any, cfg: WorkerConfig) -> Job | Action:
             f"job input must be a JSON object like {{\"workflow\": {{...}}}}, got {_kind(raw)}",
             {"field": "input"},
         )
+    if nesting_depth(raw, MAX_DEPTH + 2) > MAX_DEPTH + 1:
+        raise InputError(f"job input is nested more than {MAX_DEPTH} levels deep; send a flat "
+                         "{\"workflow\": {...}, \"images\": [...]} object", {"field": "input", "max_depth": MAX_DEPTH})
     if "action" in raw:
         action = raw["action"]
         if action not in ACTIONS:
@@ -105,6 +108,28 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+MAX_DEPTH = 64  # levels of JSON nesting a workflow may have (real ones have 4 or 5)
+
+
+def nesting_depth(value: Any, stop: int) -> int:
+    """Depth of nested lists/objects, counted without recursion; stops counting at ``stop``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest >= stop:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def parse_workflow(value: Any) -> dict[str, Any]:
     """The API-format graph ``{node_id: {"class_type", "inputs"}}``; a JSON string is accepted."""
     if value is None:
@@ -118,6 +143,9 @@ def parse_workflow(value: Any) -> dict[str, Any]:
             value = json.loads(value)
         except ValueError as err:
             raise InputError(f"'workflow' is a string but not valid JSON: {err}", {"field": "workflow"}) from None
+        except RecursionError:
+            raise InputError(f"'workflow' is nested too deeply (more than {MAX_DEPTH} levels)",
+                             {"field": "workflow"}) from None
     if not isinstance(value, dict) or not value:
         raise InputError(f"'workflow' must be a non-empty JSON object in API format, got {_kind(value)}",
                          {"field": "workflow"})
@@ -130,6 +158,10 @@ def parse_workflow(value: Any) -> dict[str, Any]:
     if "prompt" in value and isinstance(value["prompt"], dict) and len(value) <= 3:
         raise InputError("'workflow' looks like a /prompt request body; send only its 'prompt' object",
                          {"field": "workflow"})
+    depth = nesting_depth(value, MAX_DEPTH + 1)
+    if depth > MAX_DEPTH:
+        raise InputError(f"'workflow' is nested more than {MAX_DEPTH} levels deep; ComfyUI workflows are "
+                         "flat {node_id: {class_type, inputs}} objects", {"field": "workflow", "max_depth": MAX_DEPTH})
     for node_id, node in value.items():
         if not isinstance(node, dict):
             raise InputError(f"workflow node {node_id!r} must be an object with 'class_type' and 'inputs', "
@@ -206,18 +238,37 @@ def parse_image_value(value: Any, name: str, where: str, cfg: WorkerConfig) -> I
     return ImageInput(name=name, data=data)
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_V4_COMPAT = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64, IPv4-compatible), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or ip in _V4_COMPAT:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def address_refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address may not be fetched from (None when it may)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Why an address may not be fetched from (None when it may): only globally routable unicast."""
     if ip.is_loopback:
         return "loopback"
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_v4(ip)
+        if inner is not None:
+            return address_refused(inner)
     if ip.is_link_local:
         return "link-local"
-    if ip.is_private:
-        return "private"
     if ip.is_multicast or ip.is_reserved or ip.is_unspecified:
         return "reserved"
+    if ip.is_private:
+        return "private"
+    if not ip.is_global:
+        return "non-public"
     return None
 
 
@@ -234,7 +285,7 @@ def check_url(url: str, cfg: WorkerConfig, *, where: str) -> None:
         raise InputError(f"{where}: URLs with credentials are refused", {"field": where})
     if cfg.allow_private_urls:
         return
-    host = parts.hostname
+    host = parts.hostname.rstrip(".")  # 'localhost.' is 'localhost'
     if host in ("localhost",) or host.endswith((".localhost", ".internal", ".local")):
         raise InputError(f"{where}: host {host!r} is local; only public hosts are fetched "
                          "(ALLOW_PRIVATE_URLS=true allows it)", {"field": where})

@@ -11,6 +11,7 @@ import base64
 import logging
 import mimetypes
 import os
+import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ class OutputFile:
 
     @property
     def object_name(self) -> str:
-        return f"{self.node}_{self.index}_{self.filename}"
+        """``<node>_<index>_<file>`` as one plain name: node ids and file names come from the workflow and
+        custom nodes, so separators, control characters and leading dots are replaced."""
+        return _plain(f"{self.node}_{self.index}_{self.filename}")
 
     @property
     def mime(self) -> str:
@@ -71,6 +74,14 @@ class OutputText:
 
     def describe(self) -> dict[str, Any]:
         return {"node": self.node, "kind": self.kind, "index": self.index, "type": "text", "text": self.text}
+
+
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _plain(name: str) -> str:
+    safe = _UNSAFE.sub("_", name).lstrip(".") or "output"
+    return safe[:255]
 
 
 Item = Union[OutputFile, OutputText]
@@ -186,6 +197,34 @@ def _transient(err: BaseException) -> bool:
     return False
 
 
+def _status_of(err: BaseException) -> int | None:
+    code = getattr(err, "code", None)
+    return int(code) if isinstance(code, int) else None
+
+
+_URL = re.compile(r"\b(?:https?|gs)://\S+")
+
+
+def _upload_failure(err: BaseException, gcs: GcsConfig, bucket: str) -> str:
+    """Why an upload failed, in a few words with the fix (no URLs: they may carry signatures)."""
+    import requests
+
+    code = getattr(err, "code", None)
+    if code in (401, 403):
+        return (f"{code} {type(err).__name__}: the credentials may not write to bucket {bucket!r} "
+                "(grant the service account roles/storage.objectCreator, or check GOOGLE_APPLICATION_CREDENTIALS)")
+    if code == 404:
+        return f"404 NotFound: bucket {bucket!r} does not exist (check GCS_BUCKET / output.bucket)"
+    if isinstance(err, requests.exceptions.Timeout):
+        return (f"{type(err).__name__}: GCS did not answer within {gcs.timeout_s:g} s (GCS_TIMEOUT_S), "
+                f"{gcs.retries} attempt(s)")
+    if isinstance(err, requests.exceptions.ConnectionError):
+        return f"{type(err).__name__}: cannot reach GCS after {gcs.retries} attempt(s)"
+    message = getattr(err, "message", None) or str(err)
+    text = _URL.sub("<url>", " ".join(str(message).split()))[:200]
+    return f"{code} {type(err).__name__}: {text}" if isinstance(code, int) else f"{type(err).__name__}: {text}"
+
+
 @lru_cache(maxsize=4)
 def gcs_client(gcs: GcsConfig):
     """One storage client per configuration, reused across jobs (keep-alive)."""
@@ -260,10 +299,11 @@ class GcsSink:
             blob = retrying(self._upload_once, name, item, source, expected)
         except OutputError:
             raise
-        except Exception as err:  # google/requests errors: one line, no URL query strings
-            raise OutputError(f"GCS upload of gs://{self.bucket.name}/{name} failed: {type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:200] if str(err) else ''}",
-                              {"bucket": self.bucket.name, "object": name}) from None
+        except Exception as err:  # google/requests errors: one line, no URLs
+            raise OutputError(f"GCS upload of gs://{self.bucket.name}/{name} failed: "
+                              f"{_upload_failure(err, self.gcs, self.bucket.name)}",
+                              {"bucket": self.bucket.name, "object": name,
+                               "status": _status_of(err)}) from None
         size = blob.size if blob.size is not None else (
             source.stat().st_size if isinstance(source, Path) else len(source))
         return {"bucket": self.bucket.name, "object": name, "gs_uri": f"gs://{self.bucket.name}/{name}",
@@ -272,9 +312,9 @@ class GcsSink:
     def _upload_once(self, name: str, item: OutputFile, source: Source, expected: str | None):
         blob = self.bucket.blob(name)
         if isinstance(source, Path):
-            blob.upload_from_filename(str(source), content_type=item.mime, retry=None)
+            blob.upload_from_filename(str(source), content_type=item.mime, retry=None, timeout=self.gcs.timeout_s)
         else:
-            blob.upload_from_string(source, content_type=item.mime, retry=None)
+            blob.upload_from_string(source, content_type=item.mime, retry=None, timeout=self.gcs.timeout_s)
         if expected is not None and blob.crc32c != expected:
             raise ChecksumMismatch(f"CRC32C of gs://{self.bucket.name}/{name} is {blob.crc32c}, expected {expected}",
                                    {"object": name})

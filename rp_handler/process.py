@@ -50,6 +50,27 @@ def gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
 
 
+_OWNED_FLAGS = ("--listen", "--port")
+
+
+def without_address_flags(args: tuple[str, ...] | list[str]) -> list[str]:
+    """Extra ComfyUI arguments minus ``--listen``/``--port``: the worker owns the address (127.0.0.1 only)."""
+    out: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("-"):
+                continue
+        name = arg.split("=", 1)[0]
+        if name in _OWNED_FLAGS:
+            log.warning("COMFY_EXTRA_ARGS: %s ignored: ComfyUI always listens on 127.0.0.1 at COMFY_PORT", name)
+            skip_value = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
 @dataclass(frozen=True)
 class ComfyDirs:
     """ComfyUI's input/output/temp folders (the worker reads outputs straight from disk)."""
@@ -105,7 +126,7 @@ class ComfyProcess:
             cmd += ["--extra-model-paths-config", str(self.extra_model_paths)]
         if self.dirs is not None:
             cmd += self.dirs.args()
-        cmd += list(self.extra_args)
+        cmd += without_address_flags(self.extra_args)
         return cmd
 
     @property
@@ -259,6 +280,7 @@ class Supervisor:
         self.last_exit_tail: list[str] = []
         self.deaths: dict[int, tuple[int | None, list[str]]] = {}  # generation -> (exit code, last lines)
         self._stopping = threading.Event()
+        self.stop_signal: int | None = None  # the signal forwarded to ComfyUI when the worker shuts down
         self._cond = threading.Condition()
         self._ready = False
         self._thread: threading.Thread | None = None
@@ -366,6 +388,7 @@ class Supervisor:
 
     def forward_signal(self, sig: int) -> None:
         """Stop supervising and pass ``sig`` (e.g. SIGTERM) to ComfyUI."""
+        self.stop_signal = sig
         self._stopping.set()
         log.info("forwarding signal %s to ComfyUI (pid %s)", sig, self.proc.pid)
         self.proc.send_signal(sig)

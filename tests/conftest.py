@@ -30,6 +30,8 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_COMMITTER_NAME", "test")
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    # runpod's production fitness checks dial 8.8.8.8: tests stay on loopback
+    monkeypatch.setenv("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
     for name in ("COMFY_HOME", "MODELS_DIR", "COMFY_OFFLINE", "HF_TOKEN", "CIVITAI_TOKEN",
                  "GCS_BUCKET", "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST",
                  "COMFY_VERSION_ID", "COMFY_VERSION_NAME", "OUTPUT_MODE", "NVME_CACHE_DIR"):

@@ -57,6 +57,16 @@ def expand_target(text: str, *, models_dir: Path, comfy_home: Path | None, where
     return path if path.is_absolute() else models_dir / path
 
 
+def _check_target_text(text: str, where: str) -> None:
+    """No '..' and no '~' in a target_path: a relative one must stay under the models dir.
+
+    (Absolute paths are explicit: lock records carry them; spec validation refuses them in specs.)
+    """
+    if ".." in PurePosixPath(text.replace("\\", "/")).parts or text.startswith("~"):
+        raise ModelSpecError(f"{where}.target_path: {text!r} escapes the models dir; use a relative path without "
+                             "'..' or '~' (e.g. 'loras/x.safetensors')")
+
+
 def _plain_name(name: str, where: str) -> str:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise ModelSpecError(f"{where}: {name!r} is not a plain file name")
@@ -69,6 +79,9 @@ def plan_entry(
     where = f"models[{index}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
         raise ModelSpecError(f"{where}: each model needs a 'source' string")
+    for key in ("target_subdir", "target_path", "name", "checksum", "sha256", "resolved_source"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise ModelSpecError(f"{where}.{key}: must be a string, got {type(entry[key]).__name__}")
     source_text = entry["source"]
     fetch_text = entry.get("resolved_source") or source_text
     source = parse_source(fetch_text, cfg, where=f"{where}.source")
@@ -86,6 +99,7 @@ def plan_entry(
     target_path = entry.get("target_path")
     name = entry.get("name") or source.default_name
     if target_path:
+        _check_target_text(str(target_path), where)
         target = expand_target(str(target_path), models_dir=models_dir, comfy_home=comfy_home, where=where)
         if str(target_path).endswith("/"):
             if not name:

@@ -232,7 +232,7 @@ def test_against_real_runpod_local_api(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")} | {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}
     proc = subprocess.Popen([sys.executable, str(tmp_path / "handler.py"), str(PROTOCOL_DIR / "sample_output_saveimage_64x64.png"),
                              "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")} | {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}
     env.update(PYTHONPATH=str(REPO), COMFY_HOME=str(copy_fake(tmp_path / "ComfyUI")), COMFY_PORT="0",
                COMFY_FORCE_CPU="true", COMFY_CACHE_ROOT=str(tmp_path / "cache"), COMFY_IO_DIR=str(tmp_path / "io"),
                PYTHONUNBUFFERED="1")

@@ -63,7 +63,7 @@ def test_run_handler_gcs_with_emulator(tmp_path, gcs_bucket, gcs_emulator, capsy
 
 def test_run_ui_listens_where_asked_with_extra_args_and_stops_on_sigterm(tmp_path):
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}, **_env(tmp_path),
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")} | {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}, **_env(tmp_path),
            "PYTHONPATH": str(REPO)}
     code = "import sys; from rp_handler.localrun import run_ui; sys.exit(run_ui(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "v1", "--host", "127.0.0.1", "--port", str(port),
