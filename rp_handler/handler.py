@@ -185,8 +185,10 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
             return _run_on(generation, job, raw_job, ctx, timer)
         except errors.WorkerError as err:
             err.comfy_generation = generation  # type: ignore[attr-defined]
-            if isinstance(err, errors.ComfyDied) and ctx.supervisor is not None and ctx.supervisor.gave_up:
-                err.retryable = False  # the worker is being replaced: nothing to retry on
+            sup = ctx.supervisor
+            if isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and sup is not None \
+                    and (sup.gave_up or sup.stopping):
+                err.retryable = False  # the worker is being replaced or shut down: nothing to retry on
             raise
 
     def on_retry(err: BaseException, number: int) -> None:

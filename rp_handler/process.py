@@ -386,6 +386,11 @@ class Supervisor:
                 self._cond.wait(left)
             return self.deaths[generation]
 
+    @property
+    def stopping(self) -> bool:
+        """True once the worker stops or forwards a shutdown signal: no restart will come."""
+        return self._stopping.is_set()
+
     def forward_signal(self, sig: int) -> None:
         """Stop supervising and pass ``sig`` (e.g. SIGTERM) to ComfyUI."""
         self.stop_signal = sig

@@ -70,16 +70,25 @@ class ComfyFault:
 
     def __init__(self, name: str, faults: dict, *, expect: str, codes: tuple[str, ...] = (),
                  timeout_s: float | None = None, blur: bool = False, error_words: tuple[str, ...] = (),
-                 restarts: bool | None = None, grace_s: float = 0.3):
+                 restarts: bool | None = None, grace_s: float = 0.3, env: dict[str, str] | None = None,
+                 retried: tuple[str, ...] = ()):
         self.name, self.faults, self.expect, self.codes = name, faults, expect, codes
         self.timeout_s, self.blur, self.error_words = timeout_s, blur, error_words
         self.restarts, self.grace_s = restarts, grace_s  # restarts: must ComfyUI be restarted (None: either)
+        self.env, self.retried = dict(env or {}), retried  # retried: codes the first attempt must report
         self.w: LiveWorker | None = None
 
     def setup(self, root: Path) -> None:
-        self.w = LiveWorker(root, COMFY_MAX_RESTARTS="1000", COMFY_INTERRUPT_GRACE_S=str(self.grace_s))
+        import rp_handler.handler as handler_module
+
+        # The worker deletes its history entries in batches; keep them for check_outputs to read.
+        self._batch, handler_module.HISTORY_DELETE_BATCH = handler_module.HISTORY_DELETE_BATCH, 10**9
+        self.w = LiveWorker(root, COMFY_MAX_RESTARTS="1000", COMFY_INTERRUPT_GRACE_S=str(self.grace_s), **self.env)
 
     def teardown(self) -> None:
+        import rp_handler.handler as handler_module
+
+        handler_module.HISTORY_DELETE_BATCH = getattr(self, "_batch", handler_module.HISTORY_DELETE_BATCH)
         if self.w is not None:
             self.w.close()
 
@@ -100,6 +109,8 @@ class ComfyFault:
             w.faults({})
         if self.expect == "ok":
             check_outputs(w, res, color)
+            got = tuple(r["details"]["code"] for r in res.get("retried", ()))
+            assert got == self.retried, f"first attempts reported {got}, expected {self.retried}"
         else:
             assert_one_line_error(res, self.codes)
             for word in self.error_words:
@@ -116,8 +127,11 @@ class ComfyFault:
 
 def comfy_scenarios() -> list:
     return [
-        ComfyFault("comfy killed mid-job", {"die_during_prompt": 1}, expect="error", codes=("comfy_died",),
-                   error_words=("ComfyUI exited",), restarts=True),
+        ComfyFault("comfy killed mid-job (retried once)", {"die_during_prompt": 1}, expect="ok",
+                   retried=("comfy_died",), restarts=True),
+        ComfyFault("comfy killed mid-job (JOB_RETRIES=0)", {"die_during_prompt": 1}, expect="error",
+                   codes=("comfy_died",), error_words=("ComfyUI exited",), restarts=True,
+                   env={"JOB_RETRIES": "0"}),
         ComfyFault("comfy hangs (alive, silent)", {"hang": True}, expect="error", codes=("timeout",),
                    timeout_s=0.3, error_words=("restarted",), restarts=True),
         ComfyFault("ws dropped before completion", {"drop_ws_before_completion": True}, expect="ok", restarts=False),
