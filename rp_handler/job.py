@@ -27,7 +27,7 @@ from rp_handler.config import WorkerConfig
 from rp_handler.errors import InputError
 
 OUTPUT_MODES = ("gcs", "base64", "local")
-ACTIONS = ("status",)
+ACTIONS = ("status", "warm")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,199}$")
 _PREFIX_OK = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
