@@ -90,6 +90,15 @@ def open_model_cache(cfg: WorkerConfig) -> Any:
     return open_cache(cfg, cfg.comfy_home)
 
 
+def attach_cache(ctx: Any, cache: Any, sup: Supervisor) -> None:
+    """Give the jobs the cache: per-job hooks, ``cache`` in the status action, live object_info later."""
+    if cache is None:
+        return
+    ctx.cache = cache
+    ctx.status_hooks.append(lambda: {"cache": cache.status()})
+    cache.follow(sup)
+
+
 def client_factory(sup: Supervisor | None = None):
     """Builds a connected ComfyClient that knows whether the ComfyUI process is still alive."""
 
@@ -215,10 +224,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs or ComfyDirs.under(io_dir), client_factory=client_factory(sup),
                             supervisor=sup, progress_sender=progress_sender(), version_id=version,
                             lock_digest=read_lock_digest(cfg.build.lock_path(version)) if version else None)
-        if cache is not None:
-            ctx.cache = cache
-            ctx.status_hooks.append(lambda: {"cache": cache.status()})
-            cache.follow(sup)
+        attach_cache(ctx, cache, sup)
         ctx.preconnect_when_ready()
         if cfg.wait_ready_before_loop:
             sup.ensure_ready(cfg.boot_timeout_s)
