@@ -47,6 +47,7 @@ class FileStatus:
     hit: bool = False  # complete in the cache when the job asked
     miss: bool = False  # a copy was needed (started or joined) for the job
     local_at: float | None = None  # time.monotonic() when its copy became complete (not in to_dict)
+    copy_s: float | None = None  # unrounded copy time (not in to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "folder": self.folder, "status": self.status, "size": self.size,
@@ -209,7 +210,7 @@ class ModelCache:
         """The job's copies that completed: ``{key, bytes, seconds, local_at (monotonic)}``."""
         with self._lock:
             job = self._jobs.get(job_id)
-            return [{"key": f"{f.folder}/{f.name}", "bytes": f.bytes_copied, "seconds": f.seconds,
+            return [{"key": f"{f.folder}/{f.name}", "bytes": f.bytes_copied, "seconds": f.copy_s,
                      "local_at": f.local_at}
                     for f in (job.files.values() if job else ()) if f.local_at is not None]
 
@@ -394,7 +395,7 @@ class ModelCache:
                 log.warning("cache: %s not cached: %s", task.key, task.error)
             seconds = (task.finished_at or time.monotonic()) - (task.started_at or time.monotonic())
             self._copy_log.append({"key": task.key, "bytes": task.size if task.error is None else task.bytes_done,
-                                   "seconds": round(seconds, 3), "finished_at": task.finished_at or time.monotonic(),
+                                   "seconds": seconds, "finished_at": task.finished_at or time.monotonic(),
                                    "error": task.error})
             for job_id in job_ids:
                 job = self._jobs.get(job_id)
@@ -405,7 +406,7 @@ class ModelCache:
                 if task.error is None:
                     st.status, st.path, st.read_from = "cached", str(task.dst), "cache"
                     st.bytes_copied = task.size
-                    st.local_at = task.finished_at or time.monotonic()
+                    st.local_at, st.copy_s = task.finished_at or time.monotonic(), seconds
                 else:
                     st.status, st.error = "error", task.error
 

@@ -210,7 +210,7 @@ class WorkerCache:
         for r in rows:
             secs = r["seconds"] or 0.0
             out.append({"model": r["key"], "local_at": r["local_at"],
-                        "bytes": r["bytes"], "seconds": secs,
+                        "bytes": r["bytes"], "seconds": round(secs, 4),
                         "gb_per_s": round(r["bytes"] / secs / 1e9, 3) if secs > 0 else None})
         return out
 
