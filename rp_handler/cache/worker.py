@@ -236,6 +236,8 @@ def open_cache(cfg: WorkerConfig, comfy_home: Path, **kwargs: Any) -> WorkerCach
     started = time.monotonic()
     version = cfg.version_id
     checksums = lock_checksums(cfg.build.lock_path(version)) if version else {}
+    if cfg.cache.read_throttle_mbps > 0:
+        kwargs.setdefault("read_throttle_bps", cfg.cache.read_throttle_mbps * (1 << 20))
     cache = ModelCache(cfg.cache, cfg.build.models_dir, None, local_models_dir=Path(comfy_home) / "models",
                        checksums=checksums, **kwargs)
     warm = warm_set(cfg.build.spec_path(version)) if version else []
