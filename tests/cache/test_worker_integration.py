@@ -168,6 +168,10 @@ def test_status_and_warm_actions_with_a_warm_set(worker_factory, tmp_path):
                                                   "checkpoints/b.safetensors"}
     assert cache["warm_models"] == ["checkpoints/base.safetensors"]
     assert status["comfy"]["ready"] is True
+    deadline = time.monotonic() + 30  # no realize snapshot here: ComfyUI's live object_info once it is ready
+    while w.run({"action": "status"}, "status-2")["cache"]["object_info"] != "live":
+        assert time.monotonic() < deadline, "the live object_info was never loaded"
+        time.sleep(0.1)
 
     bad = w.run({"action": "warm", "models": "checkpoints/a.safetensors"}, "warm-3")
     assert "models" in bad["error"] and bad["details"]["field"] == "models"
@@ -245,3 +249,20 @@ def test_spec_warm_models_option_is_validated():
     validate(dict(base, options={"warm_models": ["checkpoints/a.safetensors"]}))
     with pytest.raises(SpecError, match="warm_models"):
         validate(dict(base, options={"warm_models": "checkpoints/a.safetensors"}))
+
+
+def test_run_handler_uses_the_cache(tmp_path, capsys):
+    from rp_handler.localrun import run_handler
+
+    volume = tmp_path / "volume" / "models"
+    upscale_model(volume, "cli.safetensors")
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(upscale_workflow("cli.safetensors")))
+    env = {"HOME": str(tmp_path / "home"), "COMFY_HOME": str(copy_fake(tmp_path / "ComfyUI")), "COMFY_PORT": "0",
+           "COMFY_FORCE_CPU": "true", "COMFY_CACHE_ROOT": str(tmp_path / "cache"), "COMFY_IO_DIR": str(tmp_path / "io"),
+           "NVME_CACHE_DIR": str(tmp_path / "nvme"), "CACHE_MIN_SIZE_MB": "0.5", "CACHE_WAIT_S": "30"}
+    out = tmp_path / "result.json"
+    assert run_handler(["v1", "--workflow", str(wf), "--models-dir", str(volume), "--out-file", str(out)], env=env) == 0
+    result = json.loads(out.read_text())
+    assert result["cache"]["misses"] == 1 and result["cache"]["models"][0]["status"] == "cached"
+    assert (tmp_path / "nvme" / "upscale_models" / "cli.safetensors").is_file()
