@@ -83,6 +83,8 @@ class WorkerCache:
         self._live_names: frozenset[str] = frozenset()
         self._live_lock = threading.Lock()
         self.idle_hook: Callable[[], None] | None = None  # runs after each job (main: live object_info)
+        self._threads: list[threading.Thread] = []
+        self._closed = threading.Event()
 
     # -- start-up ----------------------------------------------------------------
     def write_extra_model_paths(self, path: Path) -> Path:
@@ -117,15 +119,19 @@ class WorkerCache:
                 with urllib.request.urlopen(f"{url}/object_info", timeout=LIVE_INFO_TIMEOUT_S) as resp:
                     info = json.loads(resp.read())
             except (OSError, ValueError) as err:
-                log.warning("cache: could not read ComfyUI's /object_info (%s); keeping the snapshot", err)
+                if not self._closed.is_set():  # ComfyUI stopped under it at shutdown: nothing to say
+                    log.warning("cache: could not read ComfyUI's /object_info (%s); keeping the snapshot", err)
                 with self._live_lock:
                     self._live_generation = min(self._live_generation, generation - 1)
+                return
+            if self._closed.is_set():
                 return
             self.cache.set_object_info(info)
             self._live_names = combo_names(info)
             log.info("cache: using ComfyUI's live object_info (%d node classes)", len(info))
 
         thread = threading.Thread(target=run, name="cache-object-info", daemon=True)
+        self._threads.append(thread)
         thread.start()
         if wait:
             thread.join(LIVE_INFO_TIMEOUT_S)
@@ -184,7 +190,7 @@ class WorkerCache:
         (a ComfyUI building /object_info would delay the first job's submit)."""
 
         def refresh() -> None:
-            if supervisor.ready:
+            if supervisor.ready and not self._closed.is_set():
                 self.refresh_object_info(supervisor.proc.url, supervisor.generation)
 
         self.idle_hook = refresh
@@ -192,13 +198,20 @@ class WorkerCache:
             return
 
         def when_ready() -> None:
-            try:
-                supervisor.ensure_ready(supervisor.boot_timeout_s)
-            except Exception:  # the first job reports it
+            deadline = time.monotonic() + supervisor.boot_timeout_s
+            while not self._closed.is_set() and time.monotonic() < deadline:
+                try:
+                    supervisor.ensure_ready(1.0)
+                except Exception:  # not ready yet, or gave up (the first job reports it)
+                    if supervisor.gave_up:
+                        return
+                    continue
+                refresh()
                 return
-            refresh()
 
-        threading.Thread(target=when_ready, name="cache-follow", daemon=True).start()
+        thread = threading.Thread(target=when_ready, name="cache-follow", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def _local_times(self, job_id: str, *, cold: bool) -> list[dict[str, Any]]:
         if cold:  # the first job: every copy so far (the warm set too)
@@ -226,6 +239,9 @@ class WorkerCache:
         return out
 
     def close(self) -> None:
+        self._closed.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
         self.cache.close()
 
 

@@ -251,7 +251,7 @@ def test_spec_warm_models_option_is_validated():
         validate(dict(base, options={"warm_models": "checkpoints/a.safetensors"}))
 
 
-def test_run_handler_uses_the_cache(tmp_path, capsys):
+def test_run_handler_uses_the_cache(tmp_path):
     from rp_handler.localrun import run_handler
 
     volume = tmp_path / "volume" / "models"
@@ -262,7 +262,14 @@ def test_run_handler_uses_the_cache(tmp_path, capsys):
            "COMFY_FORCE_CPU": "true", "COMFY_CACHE_ROOT": str(tmp_path / "cache"), "COMFY_IO_DIR": str(tmp_path / "io"),
            "NVME_CACHE_DIR": str(tmp_path / "nvme"), "CACHE_MIN_SIZE_MB": "0.5", "CACHE_WAIT_S": "30"}
     out = tmp_path / "result.json"
-    assert run_handler(["v1", "--workflow", str(wf), "--models-dir", str(volume), "--out-file", str(out)], env=env) == 0
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:  # run-handler points the root logger at this test's (captured) stderr: put it back afterwards
+        rc = run_handler(["v1", "--workflow", str(wf), "--models-dir", str(volume), "--out-file", str(out)], env=env)
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert rc == 0
     result = json.loads(out.read_text())
     assert result["cache"]["misses"] == 1 and result["cache"]["models"][0]["status"] == "cached"
     assert (tmp_path / "nvme" / "upscale_models" / "cli.safetensors").is_file()
