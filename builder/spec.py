@@ -28,7 +28,7 @@ REPO_KEYS = {"repo", "ref", "commit"}
 NODE_KEYS = REPO_KEYS | {"name", "run_install_py"}
 MODEL_KEYS = {"source", "target_subdir", "target_path", "name", "checksum"}
 OPTION_KEYS = {"offline", "skip_models", "pin_installed", "pip_index_url", "pip_extra_index_urls",
-               "nvme_cache_node", "snapshot_object_info"}
+               "nvme_cache_node", "snapshot_object_info", "warm_models"}
 NVME_NODE_NAME = "nvme_cache"  # custom_nodes/<this> is the worker's own OnDemand node (builder/extras.py)
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -260,6 +260,10 @@ def _check_options(options: Any, out: _Problems) -> None:
     for key in ("offline", "skip_models", "nvme_cache_node", "snapshot_object_info"):
         if key in options and not isinstance(options[key], bool):
             out.add(f"options.{key}", "must be true or false")
+    warm = options.get("warm_models")  # read by the worker (rp_handler/cache/worker.py), not by realize
+    if warm is not None and (not isinstance(warm, list) or not all(isinstance(m, str) and "/" in m for m in warm)):
+        out.add("options.warm_models", "must be a list of 'folder/name' model files (e.g. "
+                "[\"checkpoints/sdxl.safetensors\"]) for the worker to copy onto NVMe at start")
     pins = options.get("pin_installed")
     if pins is not None and (not isinstance(pins, list) or not all(isinstance(p, str) and p for p in pins)):
         out.add("options.pin_installed", "must be a list of package names (e.g. [\"torch\"]; [] pins nothing)")

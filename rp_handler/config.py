@@ -49,6 +49,8 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("CACHE_BUDGET_GB", "0", "Byte budget of the NVMe cache (0: free disk less a margin)."),
     EnvVar("CACHE_CATEGORIES", "", "Comma-separated model folders to cache (empty: all)."),
     EnvVar("CACHE_VERBOSE", "false", "Log every cache decision."),
+    EnvVar("CACHE_READ_THROTTLE_MBPS", "0", "Cap the cache's volume reads at this MiB/s (imitates a network volume in benchmarks; 0: off)."),
+    EnvVar("CACHE_WAIT_S", "0", "Seconds a job waits for its model copies before submitting (0: never; see docs/cache.md)."),
     EnvVar("PROGRESS_INTERVAL_S", "0.5", "Minimum seconds between progress updates sent to RunPod."),
     EnvVar("FREE_VRAM_BELOW_MB", "0", "After a job, POST /free when free VRAM is below this (0: never)."),
     EnvVar("FREE_EVERY_N_JOBS", "0", "POST /free after every N jobs (0: never)."),
@@ -107,6 +109,8 @@ class CacheConfig:
     budget_bytes: int
     categories: tuple[str, ...]
     verbose: bool
+    wait_s: float = 0.0  # CACHE_WAIT_S
+    read_throttle_mbps: float = 0.0  # CACHE_READ_THROTTLE_MBPS
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,8 @@ class WorkerConfig:
                 budget_bytes=int(budget_gb * (1 << 30)),
                 categories=tuple(c.strip() for c in env.get("CACHE_CATEGORIES", "").split(",") if c.strip()),
                 verbose=truthy(env.get("CACHE_VERBOSE")),
+                wait_s=max(0.0, _float(env, "CACHE_WAIT_S", 0.0)),
+                read_throttle_mbps=max(0.0, _float(env, "CACHE_READ_THROTTLE_MBPS", 0.0)),
             ),
             limits=Limits(
                 max_pixels=_int(env, "LIMIT_MAX_PIXELS", 4_194_304),

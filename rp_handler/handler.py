@@ -61,6 +61,7 @@ class WorkerContext:
     lock_digest: str | None = None
     version_id: str = ""
     status_hooks: list[Callable[[], dict]] = field(default_factory=list)
+    cache: Any = None  # rp_handler.cache.worker.WorkerCache when NVME_CACHE_DIR is set
     jobs_done: int = 0
     jobs_since_free: int = 0
     cold_reported: bool = False
@@ -118,26 +119,52 @@ def handle(job: dict, ctx: WorkerContext) -> dict:
     token = current_job.set(job_id)
     timer = JobTimer(job_id)
     status = "failed"
+    cached = False  # the model cache holds files for this job until the end
     try:
         parsed = parse_job(job_id, job.get("input"), ctx.cfg)
         if isinstance(parsed, Action):
-            status = "status"
-            return status_payload(ctx)
+            status = parsed.name
+            return warm_payload(job.get("input"), ctx) if parsed.name == "warm" else status_payload(ctx)
+        if ctx.cache is not None:
+            cached = True
+            ctx.cache.before_job(job_id, parsed.workflow)  # copies overlap ComfyUI's boot and the job
+        cold = not ctx.cold_reported
         result = run_job(parsed, job, ctx, timer)
+        if cached:
+            ctx.cache.after_job(job_id, result, timer, cold=cold)
         status = "ok"
         return result
     except errors.WorkerError as err:
         _attach_comfy_state(err, ctx, getattr(err, "comfy_generation", None))
         log.error("job %s failed: %s", job_id, err)
-        return _error_payload(err, ctx, timer)
+        return _cache_error(_error_payload(err, ctx, timer), ctx, job_id, cached)
     except Exception as err:  # never crash the worker loop
         log.exception("job %s failed with an internal error", job_id)
-        return _error_payload(err, ctx, timer)
+        return _cache_error(_error_payload(err, ctx, timer), ctx, job_id, cached)
     finally:
+        if cached:
+            ctx.cache.release(job_id)
         ctx.jobs_done += 1
         timer.mark("result_returned")
         timer.log_line(status=status)
         current_job.reset(token)
+
+
+def _cache_error(payload: dict, ctx: WorkerContext, job_id: str, cached: bool) -> dict:
+    if cached:
+        ctx.cache.after_error(job_id, payload["details"])
+    return payload
+
+
+def warm_payload(raw_input: Any, ctx: WorkerContext) -> dict:
+    """``{"action": "warm", "models": [...] | "workflow": {...}, "wait": bool}``: preload into the NVMe cache."""
+    from rp_handler.cache.actions import parse_warm
+
+    req = parse_warm(raw_input, max_timeout_s=ctx.cfg.job_max_timeout_s)
+    if ctx.cache is None:
+        raise errors.InputError("the NVMe model cache is off on this worker (NVME_CACHE_DIR is not set): "
+                                "nothing to warm", {"field": "action"})
+    return ctx.cache.warm(req)
 
 
 def _error_payload(err: BaseException, ctx: WorkerContext, timer: JobTimer) -> dict:

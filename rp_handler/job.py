@@ -30,7 +30,7 @@ from rp_handler.limits import check_limits
 from rp_handler.templates import expand_template
 
 OUTPUT_MODES = ("gcs", "base64", "local")
-ACTIONS = ("status",)
+ACTIONS = ("status", "warm")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,199}$")
 _PREFIX_OK = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 

@@ -71,7 +71,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     from rp_handler.handler import WorkerContext, handle, read_lock_digest
-    from rp_handler.main import client_factory, start_comfy
+    from rp_handler.main import attach_cache, client_factory, open_model_cache, start_comfy
 
     args = _handler_parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -86,14 +86,20 @@ def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     if args.timeout:
         job_input["timeout_s"] = args.timeout
     io_dir = cfg.io_dir or Path(tempfile.mkdtemp(prefix="rp_handler-io-"))
-    sup = start_comfy(cfg, io_dir=io_dir)
+    cache = open_model_cache(cfg)  # NVME_CACHE_DIR: the same NVMe cache as the worker
+    sup = start_comfy(cfg, io_dir=io_dir, cache=cache)
+    if cache is not None:
+        cache.start()
     ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs, client_factory=client_factory(sup), supervisor=sup,
                         version_id=args.id, lock_digest=read_lock_digest(cfg.build.lock_path(args.id)))
+    attach_cache(ctx, cache, sup)
     try:
         result = handle({"id": f"local-{int(time.time())}", "input": job_input}, ctx)
     finally:
         ctx.close()
         sup.stop(timeout=10)
+        if cache is not None:
+            cache.close()
         if cfg.io_dir is None:
             shutil.rmtree(io_dir, ignore_errors=True)
     if args.out_file:

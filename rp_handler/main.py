@@ -62,17 +62,41 @@ def write_models_yaml(models_dir: Path, path: Path) -> Path:
     return path
 
 
-def start_comfy(cfg: WorkerConfig, *, io_dir: Path) -> Supervisor:
-    """Spawn ComfyUI now (before anything heavy) and supervise it on a thread."""
+def start_comfy(cfg: WorkerConfig, *, io_dir: Path, cache: Any = None) -> Supervisor:
+    """Spawn ComfyUI now (before anything heavy) and supervise it on a thread.
+
+    With the NVMe cache (``cache``: a ``WorkerCache``) ComfyUI's extra_model_paths.yaml puts the
+    cache first and the volume (MODELS_DIR) second.
+    """
     home = cfg.comfy_home
     extra = None
     models = cfg.build.models_dir
-    if models.is_dir() and models.resolve() != (home / "models").resolve():
+    if cache is not None:
+        extra = cache.write_extra_model_paths(io_dir / "extra_model_paths.yaml")
+    elif models.is_dir() and models.resolve() != (home / "models").resolve():
         extra = write_models_yaml(models, io_dir / "extra_model_paths.yaml")
     proc = ComfyProcess(cfg, home, extra_model_paths=extra, dirs=ComfyDirs.under(io_dir))
     sup = Supervisor(proc, max_restarts=cfg.max_restarts, boot_timeout_s=cfg.boot_timeout_s)
     sup.start()
     return sup
+
+
+def open_model_cache(cfg: WorkerConfig) -> Any:
+    """The NVMe model cache (``rp_handler.cache.worker.WorkerCache``) when NVME_CACHE_DIR is set, else None."""
+    if cfg.cache.root is None:
+        return None
+    from rp_handler.cache.worker import open_cache
+
+    return open_cache(cfg, cfg.comfy_home)
+
+
+def attach_cache(ctx: Any, cache: Any, sup: Supervisor) -> None:
+    """Give the jobs the cache: per-job hooks, ``cache`` in the status action, live object_info later."""
+    if cache is None:
+        return
+    ctx.cache = cache
+    ctx.status_hooks.append(lambda: {"cache": cache.status()})
+    cache.follow(sup)
 
 
 def client_factory(sup: Supervisor | None = None):
@@ -173,7 +197,10 @@ def main(env: Mapping[str, str] | None = None) -> int:
     COLD.mark("imports_done")
     owned_io = cfg.io_dir is None
     io_dir = cfg.io_dir or Path(tempfile.mkdtemp(prefix="rp_handler-io-"))
-    sup = start_comfy(cfg, io_dir=io_dir)
+    cache = open_model_cache(cfg)
+    sup = start_comfy(cfg, io_dir=io_dir, cache=cache)
+    if cache is not None:
+        cache.start()  # the version's warm set copies while ComfyUI boots
 
     def on_term(signum: int, frame: Any) -> None:
         log.info("signal %d: forwarding to ComfyUI and exiting", signum)
@@ -197,6 +224,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs or ComfyDirs.under(io_dir), client_factory=client_factory(sup),
                             supervisor=sup, progress_sender=progress_sender(), version_id=version,
                             lock_digest=read_lock_digest(cfg.build.lock_path(version)) if version else None)
+        attach_cache(ctx, cache, sup)
         ctx.preconnect_when_ready()
         if cfg.wait_ready_before_loop:
             sup.ensure_ready(cfg.boot_timeout_s)
@@ -225,5 +253,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         if ctx is not None:
             ctx.close()
         sup.stop(timeout=10)
+        if cache is not None:
+            cache.close()
         if owned_io:
             shutil.rmtree(io_dir, ignore_errors=True)

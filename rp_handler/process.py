@@ -92,7 +92,9 @@ class ComfyDirs:
         out = ["--input-directory", str(self.input), "--output-directory", str(self.output),
                "--temp-directory", str(self.temp)]
         if self.user is not None:
-            out += ["--user-directory", str(self.user)]
+            # ComfyUI (a125cd84) keeps its SQLite db at <checkout>/user/comfyui.db by default: workers
+            # sharing a COMFY_HOME on a volume must not share one file, so it goes with the user dir.
+            out += ["--user-directory", str(self.user), "--database-url", f"sqlite:///{self.user}/comfyui.db"]
         return out
 
 
@@ -125,7 +127,11 @@ class ComfyProcess:
         if self.extra_model_paths is not None:
             cmd += ["--extra-model-paths-config", str(self.extra_model_paths)]
         if self.dirs is not None:
-            cmd += self.dirs.args()
+            dir_args = self.dirs.args()
+            if "--database-url" in self.extra_args and "--database-url" in dir_args:  # COMFY_EXTRA_ARGS wins
+                i = dir_args.index("--database-url")
+                del dir_args[i:i + 2]
+            cmd += dir_args
         cmd += without_address_flags(self.extra_args)
         return cmd
 

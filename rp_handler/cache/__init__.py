@@ -22,6 +22,10 @@ Example (what the handler does around each job)::
     cache.status()                              # {"action": "status"}
     cache.warm(workflow=wf, wait=True)          # {"action": "warm", ...}; joins a running warm
 
+In the worker this is wired by ``rp_handler/cache/worker.py`` (``open_cache``, ``WorkerCache``: opened
+before ComfyUI spawns, warm set from ``options.warm_models``, per-job hooks) and the ``warm`` action's
+input is checked by ``rp_handler/cache/actions.py`` (docs/cache.md "In the worker").
+
 Statuses per model: scheduled, cached, skipped_small, skipped_exists, skipped_budget,
 error, not_found (docs/cache.md).
 """

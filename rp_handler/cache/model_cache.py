@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -27,6 +27,7 @@ STATUSES = ("scheduled", "cached", "skipped_small", "skipped_exists", "skipped_b
 WAIT_LOG_EVERY_S = 10.0
 ONDEMAND_JOB = "ondemand"
 KEEP_FINISHED_JOBS = 64
+KEEP_COPY_LOG = 64
 
 
 @dataclass
@@ -45,6 +46,8 @@ class FileStatus:
     seconds: float | None = None
     hit: bool = False  # complete in the cache when the job asked
     miss: bool = False  # a copy was needed (started or joined) for the job
+    local_at: float | None = None  # time.monotonic() when its copy became complete (not in to_dict)
+    copy_s: float | None = None  # unrounded copy time (not in to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "folder": self.folder, "status": self.status, "size": self.size,
@@ -85,6 +88,7 @@ class ModelCache:
         self._jobs: "OrderedDict[str, _Job]" = OrderedDict()
         self._warm_ids = itertools.count(1)
         self._warm: _Job | None = None
+        self._copy_log: deque[dict[str, Any]] = deque(maxlen=KEEP_COPY_LOG)
         self.disabled_reason: str | None = None
         self.store: CacheStore | None = None
         self.copier: CopyWorker | None = None
@@ -196,6 +200,19 @@ class ModelCache:
             job = self._jobs.get(job_id)
             return [f.error or f"{f.folder}/{f.name}" for f in (job.files.values() if job else ())
                     if f.status == "not_found"]
+
+    def copy_log(self) -> list[dict[str, Any]]:
+        """Recent finished copies: ``{key, bytes, seconds, finished_at (monotonic), error}``, oldest first."""
+        with self._lock:
+            return [dict(c) for c in self._copy_log]
+
+    def local_times(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's copies that completed: ``{key, bytes, seconds, local_at (monotonic)}``."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return [{"key": f"{f.folder}/{f.name}", "bytes": f.bytes_copied, "seconds": f.copy_s,
+                     "local_at": f.local_at}
+                    for f in (job.files.values() if job else ()) if f.local_at is not None]
 
     def status(self) -> dict[str, Any]:
         """Cache contents and copies in flight (the ``status`` action)."""
@@ -377,6 +394,9 @@ class ModelCache:
                     self.store.unreserve(task.key)
                 log.warning("cache: %s not cached: %s", task.key, task.error)
             seconds = (task.finished_at or time.monotonic()) - (task.started_at or time.monotonic())
+            self._copy_log.append({"key": task.key, "bytes": task.size if task.error is None else task.bytes_done,
+                                   "seconds": seconds, "finished_at": task.finished_at or time.monotonic(),
+                                   "error": task.error})
             for job_id in job_ids:
                 job = self._jobs.get(job_id)
                 st = job.files.get(task.key) if job else None
@@ -386,6 +406,7 @@ class ModelCache:
                 if task.error is None:
                     st.status, st.path, st.read_from = "cached", str(task.dst), "cache"
                     st.bytes_copied = task.size
+                    st.local_at, st.copy_s = task.finished_at or time.monotonic(), seconds
                 else:
                     st.status, st.error = "error", task.error
 
