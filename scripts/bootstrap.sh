@@ -1,6 +1,6 @@
 # Sourced by scripts/*.sh: create .venv and install the pinned locks (idempotent).
 # Installs with uv when it can (much faster), else with pip.
-VENV="${VENV:-.venv}"
+VENV=.venv
 stamp="$VENV/.locks.sha256"
 want="$(cat requirements/runtime.lock requirements/dev.lock | python3 -c 'import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
