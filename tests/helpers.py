@@ -67,13 +67,15 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
         proc.wait()
 
 
+GCS_EMULATOR = Path(sys.executable).with_name("gcp-storage-emulator")
+
+
 @contextlib.contextmanager
-def gcs_emulator() -> Iterator[str]:
-    """gcp-storage-emulator in memory on 127.0.0.1; yields its URL."""
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
+def gcs_emulator(*args: str) -> Iterator[str]:
+    """gcp-storage-emulator in memory on 127.0.0.1 (``args``: more of its flags); yields its URL."""
     port = free_port()
-    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(GCS_EMULATOR), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+                             "-q", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_answers(f"{url}/storage/v1/b", timeout=30, proc=proc)
