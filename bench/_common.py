@@ -6,6 +6,7 @@ import ast
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -84,6 +85,34 @@ def worker_env(home: Path, python: str, io_dir: Path, **extra: str) -> dict[str,
                LOG_LEVEL="INFO")
     env.update(extra)
     return env
+
+
+def queued_job_run(home: Path, python: str, job_input: dict, env_extra: dict[str, str], *,
+                   take_latency: float = 0.05) -> tuple[float, dict]:
+    """Spawn ``python -m rp_handler`` in RunPod's production loop against the fake job API with one job
+    queued; seconds from spawn to the result POST, and the job's output. Stops the worker with SIGTERM."""
+    from tests.worker.fake_runpod_api import FakeRunPodApi
+
+    api = FakeRunPodApi(take_latency_s=take_latency)
+    io_dir = Path(tempfile.mkdtemp(prefix="coldstart-"))
+    env = worker_env(home, python, io_dir, **env_extra, **api.env())
+    api.queue("cold-1", job_input)
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "rp_handler"], cwd=str(REPO), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = api.wait_result("cold-1", 600)
+        elapsed = api.result_times["cold-1"] - t0
+        if "error" in result:
+            raise RuntimeError(f"worker failed: {result['error']}")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        return elapsed, result["output"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        api.close()
+        shutil.rmtree(io_dir, ignore_errors=True)
 
 
 def run_worker_once(env: dict[str, str], job: dict, timeout: float = 300) -> tuple[float, dict]:

@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,14 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from builder import bytecode  # noqa: E402
+from rp_handler.process import free_port  # noqa: E402
 
 log = logging.getLogger("bytecode_bench")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def venv_prefix(python: Path) -> Path:

@@ -16,19 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._bare import tiny_workflow  # noqa: E402
-from bench._common import (REPO, add_comfy_args, boot_plus_job, cleanup, comfy_target, median, p95,  # noqa: E402
-                           worker_env)
-from tests.worker.fake_runpod_api import FakeRunPodApi  # noqa: E402
+from bench._common import (add_comfy_args, boot_plus_job, cleanup, comfy_target, median, p95,  # noqa: E402
+                           queued_job_run)
 
 PHASES = ("module_imported", "imports_done", "comfy_spawned", "runpod_imported", "loop_started", "job_received",
           "comfy_ready", "submitted", "first_node_executing", "execution_done", "last_output_uploaded",
@@ -44,26 +40,9 @@ MODES = {  # name -> worker environment
 
 def one_worker_run(home: Path, python: str, extra: dict[str, str], take_latency: float, color: int,
                    mode_env: dict[str, str]) -> tuple[float, dict]:
-    api = FakeRunPodApi(take_latency_s=take_latency)
-    io_dir = Path(tempfile.mkdtemp(prefix="coldstart-"))
-    env = worker_env(home, python, io_dir, **extra, **api.env(), **mode_env)
-    api.queue("cold-1", {"workflow": tiny_workflow(color), "output": "base64"})
-    t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "rp_handler"], cwd=str(REPO), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        result = api.wait_result("cold-1", 600)
-        elapsed = api.result_times["cold-1"] - t0
-        if "error" in result:
-            raise RuntimeError(f"worker failed: {result['error']}")
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        return elapsed, result["output"]["timings"]["cold_start"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        api.close()
-        shutil.rmtree(io_dir, ignore_errors=True)
+    elapsed, output = queued_job_run(home, python, {"workflow": tiny_workflow(color), "output": "base64"},
+                                     {**extra, **mode_env}, take_latency=take_latency)
+    return elapsed, output["timings"]["cold_start"]
 
 
 def main(argv: list[str] | None = None) -> int:

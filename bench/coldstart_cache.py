@@ -26,16 +26,12 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, cleanup, fake_home, median, p95, temp_dir, worker_env  # noqa: E402
-from tests.worker.fake_runpod_api import FakeRunPodApi  # noqa: E402
+from bench._common import cleanup, fake_home, median, p95, queued_job_run, temp_dir  # noqa: E402
 
 MODEL = "bench_2x.safetensors"
 STATES = ("volume_only", "cold", "cold_wait", "nvme_warm")
@@ -103,26 +99,7 @@ def stand_in_home(root: Path) -> Path:
 
 
 def one_run(home: Path, env_extra: dict[str, str], color: int) -> tuple[float, dict]:
-    api = FakeRunPodApi(take_latency_s=0.05)
-    io_dir = temp_dir("ccache-io-")
-    env = worker_env(home, sys.executable, io_dir, **env_extra, **api.env())
-    api.queue("cold-1", {"workflow": workflow(color), "output": "base64"})
-    t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "rp_handler"], cwd=str(REPO), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        result = api.wait_result("cold-1", 600)
-        elapsed = api.result_times["cold-1"] - t0
-        if "error" in result:
-            raise RuntimeError(f"worker failed: {result['error']}")
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        return elapsed, result["output"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        api.close()
-        shutil.rmtree(io_dir, ignore_errors=True)
+    return queued_job_run(home, sys.executable, {"workflow": workflow(color), "output": "base64"}, env_extra)
 
 
 def warm_cache(nvme: Path, volume: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import os
 import re
 import shutil
 import socket
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
+from rp_handler.atomic import write_atomic
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import InputError
 from rp_handler.job import ImageInput, Job, address_refused, check_url
@@ -133,18 +133,6 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
     raise InputError(f"{where}: too many redirects from {safe_url(url)}", {"field": where})
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.urandom(4).hex()}.incomplete")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def stage_images(images: Iterable[ImageInput], input_dir: Path, sub: str, cfg: WorkerConfig,
                  *, resolver: Resolver = resolve) -> dict[str, str]:
     """Write the job's images under ``input/<sub>/``; return {name: value for LoadImage}."""
@@ -152,6 +140,7 @@ def stage_images(images: Iterable[ImageInput], input_dir: Path, sub: str, cfg: W
     for i, img in enumerate(images):
         data = img.data if img.data is not None else fetch_url(img.url or "", cfg, where=f"images[{i}].image",
                                                                resolver=resolver)
+        (input_dir / sub).mkdir(parents=True, exist_ok=True)
         write_atomic(input_dir / sub / img.name, data)
         mapping[img.name] = f"{sub}/{img.name}"
     return mapping

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from rp_handler.atomic import write_atomic
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import WorkerError, to_payload
 
@@ -126,9 +127,7 @@ def _write_out_file(path: Path, result: dict) -> None:
         data = files[0]["data"].encode()
     else:
         data = base64.b64decode(files[0]["data"])
-    tmp = path.with_name(f"{path.name}.{os.urandom(4).hex()}.incomplete")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def _split_extra(argv: list[str]) -> tuple[list[str], list[str]]:

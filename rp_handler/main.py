@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from rp_handler.atomic import write_atomic
 from rp_handler.config import WorkerConfig
 from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
 from rp_handler.timings import current_job
@@ -56,9 +57,7 @@ def write_models_yaml(models_dir: Path, path: Path) -> Path:
     lines = ["rp_handler_models:", f"    base_path: {models_dir}"]
     lines += [f"    {name}: {name}" for name in MODEL_FOLDERS]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.urandom(4).hex()}.incomplete")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
     return path
 
 

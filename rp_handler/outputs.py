@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Union
 from urllib.parse import quote
 
+from rp_handler.atomic import write_atomic
 from rp_handler.config import GcsConfig, WorkerConfig
 from rp_handler.errors import InputError, OutputError
-from rp_handler.inputs import job_key, write_atomic
+from rp_handler.inputs import job_key
 from rp_handler.job import OutputSpec
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class LocalSink:
     def put(self, item: OutputFile, source: Source) -> dict[str, Any]:
         target = self.dir / item.object_name
         data = _read(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(target, data)
         return {"path": str(target), "size": len(data)}
 

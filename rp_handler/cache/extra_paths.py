@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from rp_handler.cache.store import atomic_write_bytes
+from rp_handler.atomic import write_atomic
 
 CACHE_GROUP = "nvme_cache"
 VOLUME_GROUP = "network_volume"
@@ -53,5 +53,5 @@ def write_extra_model_paths(path: Path, cache_root: Path | None, volume_models_d
     doc = extra_model_paths(cache_root, volume_models_dir, folders)
     text = "# Written by rp_handler.cache: NVMe cache first, network volume second.\n"
     text += yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-    atomic_write_bytes(path, text.encode())
+    write_atomic(path, text.encode())
     return path

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rp_handler.atomic import write_atomic
 from rp_handler.cache.folders import safe_relative
 from rp_handler.errors import CacheError
 
@@ -49,17 +49,6 @@ class Entry:
     hits: int = 0
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.parent / f"{path.name}.{secrets.token_hex(4)}.incomplete"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class CacheStore:
     def __init__(self, root: Path, budget_bytes: int = 0, *, disk_margin_bytes: int | None = None):
         self.root = Path(root)
@@ -78,7 +67,7 @@ class CacheStore:
     def _check_writable(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.root / ".probe", b"ok")
+            write_atomic(self.root / ".probe", b"ok")
             (self.root / ".probe").unlink()
         except OSError as exc:
             raise CacheDirUnusable(
@@ -245,6 +234,6 @@ class CacheStore:
         data = {"version": 1, "clock": self.clock,
                 "entries": [asdict(e) for e in sorted(self.entries.values(), key=lambda e: e.key)]}
         try:
-            atomic_write_bytes(self.root / INDEX_NAME, json.dumps(data, indent=1).encode())
+            write_atomic(self.root / INDEX_NAME, json.dumps(data, indent=1).encode())
         except OSError as exc:
             log.warning("cache: could not write the index in %s (%s)", self.root, exc)

@@ -6,22 +6,13 @@ temp dir of the snapshot step, so nothing is written into COMFYUI_DIR but byteco
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import pytest
 
 from builder.extras import fetch_object_info, write_snapshot
 from rp_handler.cache.refs import load_object_info, scan_workflow, snapshot_path
+from tests.helpers import COMFYUI_DIR, COMFYUI_PYTHON, REAL_COMFY_MARKS
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
-
-pytestmark = [
-    pytest.mark.real_comfy,
-    pytest.mark.slow,
-    pytest.mark.skipif(not (COMFYUI_DIR and COMFYUI_PYTHON), reason="set COMFYUI_DIR and COMFYUI_PYTHON"),
-]
+pytestmark = REAL_COMFY_MARKS
 
 
 def test_snapshot_of_a_real_comfyui_drives_the_model_scan(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,14 +17,12 @@ from pathlib import Path
 import pytest
 
 from builder.extras import NVME_NODE_SOURCE, install_tree
+from rp_handler.process import free_port
 from tests.conftest import REPO_ROOT
-
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
+from tests.helpers import (COMFYUI_DIR, COMFYUI_PYTHON, TINY_MODEL, needs_real_comfy, stop_process,
+                           wait_until_answers)
 
 pytestmark = [pytest.mark.real_comfy]
-needs_comfy_python = pytest.mark.skipif(not (COMFYUI_DIR and COMFYUI_PYTHON),
-                                        reason="set COMFYUI_DIR and COMFYUI_PYTHON")
 needs_comfy_dir = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR (a ComfyUI checkout)")
 
 # ComfyUI's own folder_paths + extra_config (stdlib and PyYAML only), with the hook installed.
@@ -71,19 +68,6 @@ def test_real_folder_paths_reads_the_cache_first(make_cache, volume, nvme, tmp_p
     assert second["path"] == str(nvme / "upscale_models" / "x4.safetensors")
     assert second["listed"] == ["x4.safetensors"]  # one entry; the .incomplete temp is never listed
 
-TINY_MODEL = """
-import sys, torch
-from safetensors.torch import save_file
-g = torch.Generator().manual_seed(0)
-sd = {}
-def conv(i, cin, cout):
-    sd[f"body.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * 0.1
-    sd[f"body.{i}.bias"] = torch.zeros(cout)
-def prelu(i, n):
-    sd[f"body.{i}.weight"] = torch.full((n,), 0.25)
-conv(0, 3, 4); prelu(1, 4); conv(2, 4, 4); prelu(3, 4); conv(4, 4, 12)
-save_file({k: v.contiguous() for k, v in sd.items()}, sys.argv[1])
-"""
 
 WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 8421504}},
@@ -91,12 +75,6 @@ WORKFLOW = {
     "3": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
     "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "nvme_cache"}},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> dict:
@@ -122,7 +100,7 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-@needs_comfy_python
+@needs_real_comfy
 @pytest.mark.slow
 def test_ondemand_hook_in_real_comfyui(make_cache, volume, nvme, tmp_path):
     model = volume / "upscale_models" / "tiny_compact_2x.safetensors"
@@ -135,7 +113,7 @@ def test_ondemand_hook_in_real_comfyui(make_cache, volume, nvme, tmp_path):
     nodes_yaml.write_text(f"worker_nodes:\n  base_path: {tmp_path / 'nodes'}\n  custom_nodes: custom_nodes\n")
     run = tmp_path / "run"
     (run / "user").mkdir(parents=True)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, NVME_CACHE_DIR=str(nvme), CACHE_MIN_SIZE_MB="0")
     cmd = [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--cache-none", "--input-directory", str(run / "input"),
@@ -147,15 +125,8 @@ def test_ondemand_hook_in_real_comfyui(make_cache, volume, nvme, tmp_path):
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    urllib.request.urlopen(url + "/system_stats", timeout=2).read()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                    time.sleep(0.5)
+            wait_until_answers(url + "/system_stats", timeout=300, proc=proc, log=log_path, poll=0.5,
+                               request_timeout=2)
 
             first = _run_prompt(url)
             assert first["status"]["status_str"] == "success", first["status"]
@@ -168,8 +139,4 @@ def test_ondemand_hook_in_real_comfyui(make_cache, volume, nvme, tmp_path):
             _wait_for(lambda: (cache.process_requests() or True) and
                       any(e["hits"] >= 1 for e in cache.status()["entries"]))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 30)

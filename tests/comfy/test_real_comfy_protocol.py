@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,28 +11,17 @@ import pytest
 from rp_handler import errors
 from rp_handler.comfy import ComfyClient
 from rp_handler.events import ExecutionCached
+from rp_handler.process import free_port
 from tests.comfy.wsrec import transcript
+from tests.helpers import COMFYUI_DIR, COMFYUI_PYTHON, REAL_COMFY_MARKS, stop_process, wait_until_answers
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
-
-pytestmark = [
-    pytest.mark.real_comfy,
-    pytest.mark.slow,
-    pytest.mark.skipif(not (COMFYUI_DIR and COMFYUI_PYTHON), reason="set COMFYUI_DIR and COMFYUI_PYTHON"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = REAL_COMFY_MARKS
 
 
 @pytest.fixture(scope="module")
 def real_comfy(tmp_path_factory):
     run = tmp_path_factory.mktemp("real-comfy")
-    port = _free_port()
+    port = free_port()
     log_path = run / "comfyui.log"
     cmd = [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--input-directory", str(run / "input"),
@@ -45,25 +31,12 @@ def real_comfy(tmp_path_factory):
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log_file, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
         try:
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"ComfyUI exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-                try:
-                    urllib.request.urlopen(url + "/system_stats", timeout=2).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"ComfyUI did not answer within 300 s: {log_path.read_text()[-2000:]}")
-                    time.sleep(0.5)
+            wait_until_answers(url + "/system_stats", timeout=300, proc=proc, log=log_path, poll=0.5,
+                               request_timeout=2)
             yield url, Path(run)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 30)
 
 
 def test_empty_image_save_image(real_comfy):

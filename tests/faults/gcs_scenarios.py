@@ -8,55 +8,16 @@ job's prefix; a very slow GCS must still deliver. The next job (no fault) must s
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
-from typing import Iterator
 
-from rp_handler.process import free_port
 from tests.fakes.comfyui.pngfile import decode_png
 from tests.faults.gcs_proxy import GcsFaultProxy
 from tests.faults.harness import assert_one_line_error
 from tests.faults.worker_scenarios import BATCH, check_clean, history, workflow
+from tests.helpers import gcs_emulator, storage_client
 from tests.worker.conftest import LiveWorker
 
 BUCKET = "faults"
-
-
-@contextlib.contextmanager
-def gcs_emulator() -> Iterator[str]:
-    """gcp-storage-emulator in memory on 127.0.0.1; yields its URL."""
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
-    port = free_port()
-    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("gcp-storage-emulator did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def storage_client(url: str):
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    return storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": url})
 
 
 class GcsFault:

@@ -22,8 +22,8 @@ from builder.models import realize_models
 from tests.fakes.hf_hub import FakeHfHub
 from tests.fakes.model_server import ModelFileServer
 from tests.faults.gcs_proxy import GcsFaultProxy
-from tests.faults.gcs_scenarios import gcs_emulator, storage_client
 from tests.faults.worker_scenarios import workflow
+from tests.helpers import gcs_emulator, storage_client
 from tests.worker.conftest import LiveWorker
 
 HF = "hf_SENTINELhfTOKEN0123456789abcdef"

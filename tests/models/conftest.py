@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from builder.config import BuildConfig
+from tests import helpers
 from tests.fakes.hf_hub import FakeHfHub
 from tests.fakes.model_server import ModelFileServer
 
@@ -51,39 +48,13 @@ def models_dir(tmp_path) -> Path:
     return d
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def gcs_emulator():
     """gcp-storage-emulator in its own process, with a default bucket ``test``."""
-    exe = Path(sys.executable).parent / "gcp-storage-emulator"
-    if not exe.exists():
+    if not helpers.GCS_EMULATOR.exists():
         pytest.skip("gcp-storage-emulator is not installed")
-    port = _free_port()
-    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                             "--default-bucket", "test"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("gcp-storage-emulator exited at start")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("gcp-storage-emulator did not listen within 30 s")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with helpers.gcs_emulator("--default-bucket", "test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from rp_handler.config import WorkerConfig
-from rp_handler.process import free_port
+from tests import helpers
 
 
 def make_cfg(tmp_path: Path | None = None, **env: str) -> WorkerConfig:
@@ -31,33 +28,13 @@ def cfg_factory(tmp_path):
 @pytest.fixture(scope="session")
 def gcs_emulator():
     """A real gcp-storage-emulator on 127.0.0.1 (in memory); yields its URL."""
-    port = free_port()
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
-    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("gcp-storage-emulator did not start")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with helpers.gcs_emulator() as url:
+        yield url
 
 
 @pytest.fixture
 def gcs_bucket(gcs_emulator, request):
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(project="test", credentials=AnonymousCredentials(),
-                            client_options={"api_endpoint": gcs_emulator})
+    client = helpers.storage_client(gcs_emulator)
     name = "b-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
     bucket = client.bucket(name)
     if not bucket.exists():

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from rp_handler.process import free_port
+from tests.helpers import wait_until_answers
 from tests.worker.conftest import copy_fake, post_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,14 +76,7 @@ def test_serve_api_runsync_crash_restart_and_sigterm(tmp_path):
                             stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{api_port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/docs", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
-                time.sleep(0.1)
+        wait_until_answers(f"{base}/docs", timeout=60, proc=proc, log=tmp_path / "worker.log")
         test_input = json.loads((REPO / "test_input.json").read_text())
         ok = _post(f"{base}/runsync", test_input)
         assert ok["status"] == "COMPLETED", ok

@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from rp_handler.localrun import run_handler
 from rp_handler.process import free_port
+from tests.helpers import wait_until_answers
 from tests.worker.conftest import copy_fake
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,14 +69,7 @@ def test_run_ui_listens_where_asked_with_extra_args_and_stops_on_sigterm(tmp_pat
                              "--extra-args", "--", "--preview-method", "auto"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
+        wait_until_answers(f"http://127.0.0.1:{port}/system_stats", timeout=60, proc=proc)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:

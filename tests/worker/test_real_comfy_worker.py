@@ -23,32 +23,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import COMFYUI_DIR, COMFYUI_PYTHON, REAL_COMFY_MARKS, TINY_MODEL
 from tests.worker.conftest import make_cfg
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [
-    pytest.mark.real_comfy,
-    pytest.mark.slow,
-    pytest.mark.skipif(not (COMFYUI_DIR and COMFYUI_PYTHON), reason="set COMFYUI_DIR and COMFYUI_PYTHON"),
-]
+pytestmark = REAL_COMFY_MARKS
 
-# The "Tiny model" recipe of the protocol README: a 3.4 KB random-weight RealESRGAN Compact 2x model.
-TINY_MODEL = """
-import sys, torch
-from safetensors.torch import save_file
-g = torch.Generator().manual_seed(0)
-sd = {}
-def conv(i, cin, cout):
-    sd[f"body.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * 0.1
-    sd[f"body.{i}.bias"] = torch.zeros(cout)
-def prelu(i, n):
-    sd[f"body.{i}.weight"] = torch.full((n,), 0.25)
-conv(0, 3, 4); prelu(1, 4); conv(2, 4, 4); prelu(3, 4); conv(4, 4, 12)
-save_file({k: v.contiguous() for k, v in sd.items()}, sys.argv[1])
-save_file({"foo": torch.zeros(2, 2)}, sys.argv[2])  # valid safetensors, unrelated keys (transcript 09)
+# The tiny model of the protocol README at argv[1], and at argv[2] a valid safetensors file with unrelated
+# keys (transcript 09).
+TINY_MODELS = TINY_MODEL + """save_file({"foo": torch.zeros(2, 2)}, sys.argv[2])
 """
 
 
@@ -110,7 +94,7 @@ class RealWorker:
         self.root = root
         self.models = root / "models" / "upscale_models"
         self.models.mkdir(parents=True)
-        subprocess.run([COMFYUI_PYTHON, "-c", TINY_MODEL, str(self.models / "tiny_compact_2x.safetensors"),
+        subprocess.run([COMFYUI_PYTHON, "-c", TINY_MODELS, str(self.models / "tiny_compact_2x.safetensors"),
                         str(self.models / "bad_keys.safetensors")], check=True, timeout=120)
         self.cfg = make_cfg(root, **comfy_env(root))
         self.sup = start_comfy(self.cfg, io_dir=root / "io")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from rp_handler.process import free_port
 from tests.fakes.comfyui.pngfile import decode_png
+from tests.helpers import wait_until_answers
 from tests.worker.test_entrypoint import _env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,14 +26,7 @@ def local_endpoint(tmp_path_factory):
                              "--rp_api_port", str(api_port)], cwd=tmp, env=_env(tmp), stdout=log,
                             stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{api_port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/docs", timeout=1).read()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "worker.log").read_text()[-3000:]
-            time.sleep(0.2)
+    wait_until_answers(f"{base}/docs", timeout=90, proc=proc, log=tmp / "worker.log", poll=0.2)
     yield base, tmp
     proc.terminate()
     proc.wait(30)
