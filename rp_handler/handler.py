@@ -213,9 +213,11 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
         except errors.WorkerError as err:
             err.comfy_generation = generation  # type: ignore[attr-defined]
             sup = ctx.supervisor
-            if isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and sup is not None \
-                    and (sup.gave_up or sup.stopping):
-                err.retryable = False  # the worker is being replaced or shut down: nothing to retry on
+            if isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and sup is not None:
+                if isinstance(err, errors.ComfyDied):
+                    sup.death_of(generation, timeout=3.0)  # the supervisor decides on giving up first
+                if sup.gave_up or sup.stopping:
+                    err.retryable = False  # the worker is being replaced or shut down: nothing to retry on
             raise
 
     def on_retry(err: BaseException, number: int) -> None:
