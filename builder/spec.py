@@ -28,7 +28,9 @@ REPO_KEYS = {"repo", "ref", "commit"}
 NODE_KEYS = REPO_KEYS | {"name", "run_install_py"}
 MODEL_KEYS = {"source", "target_subdir", "target_path", "name", "checksum"}
 OPTION_KEYS = {"offline", "skip_models", "pin_installed", "pip_index_url", "pip_extra_index_urls",
-               "nvme_cache_node", "snapshot_object_info", "warm_models"}
+               "nvme_cache_node", "snapshot_object_info", "warm_models", "limits"}
+# options.limits: the worker's request limits for this version (the stricter of these and LIMIT_* wins).
+LIMIT_KEYS = ("max_pixels", "max_batch", "max_steps", "max_frames", "max_input_bytes")
 NVME_NODE_NAME = "nvme_cache"  # custom_nodes/<this> is the worker's own OnDemand node (builder/extras.py)
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -264,6 +266,16 @@ def _check_options(options: Any, out: _Problems) -> None:
     if warm is not None and (not isinstance(warm, list) or not all(isinstance(m, str) and "/" in m for m in warm)):
         out.add("options.warm_models", "must be a list of 'folder/name' model files (e.g. "
                 "[\"checkpoints/sdxl.safetensors\"]) for the worker to copy onto NVMe at start")
+    limits = options.get("limits")  # read by the worker (rp_handler/main.py), not by realize
+    if limits is not None:
+        if not isinstance(limits, dict):
+            out.add("options.limits", "must be an object like {\"max_steps\": 50, \"max_pixels\": 1048576}")
+        else:
+            for key, value in limits.items():
+                if key not in LIMIT_KEYS:
+                    out.add(f"options.limits.{key}", f"unknown limit; known: {', '.join(LIMIT_KEYS)}")
+                elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    out.add(f"options.limits.{key}", "must be a whole number >= 0 (0: no limit)")
     pins = options.get("pin_installed")
     if pins is not None and (not isinstance(pins, list) or not all(isinstance(p, str) and p for p in pins)):
         out.add("options.pin_installed", "must be a list of package names (e.g. [\"torch\"]; [] pins nothing)")

@@ -72,14 +72,14 @@ def _setup_logging(verbose: bool) -> None:
 
 def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     from rp_handler.handler import WorkerContext, handle, read_lock_digest
-    from rp_handler.main import attach_cache, client_factory, open_model_cache, start_comfy
+    from rp_handler.main import apply_version_limits, attach_cache, client_factory, open_model_cache, start_comfy
 
     args = _handler_parser().parse_args(argv)
     _setup_logging(args.verbose)
     env = _overlay(os.environ if env is None else env, COMFY_VERSION_ID=args.id, MODELS_DIR=args.models_dir,
                    COMFY_OFFLINE="1" if args.offline else None, GCS_BUCKET=args.gcs_bucket,
                    GCS_PREFIX=args.gcs_prefix, OUTPUT_MODE=args.output)
-    cfg = WorkerConfig.from_env(env)
+    cfg = apply_version_limits(WorkerConfig.from_env(env))
     job_input = _load_job_input(Path(args.workflow))
     if args.output:
         out = job_input.get("output")

@@ -190,8 +190,31 @@ def progress_sender() -> Any:
     return progress_update
 
 
+def apply_version_limits(cfg: WorkerConfig) -> WorkerConfig:
+    """``cfg`` with the version spec's ``options.limits`` applied (the stricter value wins)."""
+    import dataclasses
+    import json
+
+    from rp_handler.limits import stricter_limits
+
+    if not cfg.version_id:
+        return cfg
+    try:
+        spec = json.loads(cfg.build.spec_path(cfg.version_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return cfg  # no spec here (e.g. volume mode without versions/): env limits only
+    limits = ((spec.get("options") or {}) if isinstance(spec, dict) else {}).get("limits")
+    if not limits:
+        return cfg
+    try:
+        return dataclasses.replace(cfg, limits=stricter_limits(cfg.limits, limits))
+    except ValueError as err:
+        log.warning("ignoring options.limits of version %s: %s", cfg.version_id, err)
+        return cfg
+
+
 def main(env: Mapping[str, str] | None = None) -> int:
-    cfg = WorkerConfig.from_env(os.environ if env is None else env)
+    cfg = apply_version_limits(WorkerConfig.from_env(os.environ if env is None else env))
     configure_logging(cfg.log_level)
     COLD.mark("imports_done")
     owned_io = cfg.io_dir is None

@@ -46,15 +46,19 @@ def load_entries(path: Path, *, lock: bool) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    is_yaml = path.suffix in (".yaml", ".yml")
     try:
-        if path.suffix in (".yaml", ".yml"):
+        if is_yaml:
             import yaml
 
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:  # not a ValueError: name it here, on one line
+                raise ValueError(" ".join(str(exc).split())) from None
         else:
             data = json.loads(text)
     except ValueError as exc:
-        raise UsageError(f"{path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}") from None
+        raise UsageError(f"{path} is not valid {'YAML' if is_yaml else 'JSON'}: {exc}") from None
     models = data.get("models") if isinstance(data, dict) else data
     if models is None:
         models = []

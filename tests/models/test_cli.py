@@ -51,6 +51,12 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert main(["--spec", str(bad)], env=_env(tmp_path)) == 2
+    capsys.readouterr()
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("models: [unclosed\n  - x: {\n")
+    assert main(["--spec", str(bad_yaml)], env=_env(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.yaml is not valid YAML" in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def test_malformed_checksum_in_spec_is_one_line(tmp_path, capsys):
