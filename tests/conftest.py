@@ -42,3 +42,45 @@ def _isolated_env(tmp_path, monkeypatch):
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Real-ComfyUI tests (marker ``real_comfy``) first, each module as one pytest-xdist group.
+
+    Under ``scripts/test.sh`` (``-n auto --dist loadgroup``) a module's real-ComfyUI tests then share one
+    worker, so its module-scoped ComfyUI boots once, and these long groups start while the other workers
+    take the rest. Chosen by the marker alone: a new real-ComfyUI test needs nothing else.
+    """
+    real = [item for item in items if item.get_closest_marker("real_comfy")]
+    if not real:
+        return
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in real:
+            item.add_marker(pytest.mark.xdist_group(f"real-{item.path.stem}"))
+    chosen = {id(item) for item in real}
+    items[:] = real + [item for item in items if id(item) not in chosen]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name every real-ComfyUI test and its outcome (with -q the dots hide whether they ran), then the
+    timings that tests attached to their reports as ``("timings", {...})`` user properties."""
+    rows, timings, notes = [], {}, []
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(rep, "user_properties", []):
+                if name == "timings":
+                    timings.update(value["seconds"])
+                    notes.extend(n for n in value["notes"] if n not in notes)
+            if "real_comfy" in getattr(rep, "keywords", {}) and (rep.when == "call" or outcome != "passed"):
+                rows.append(f"{outcome.upper()} {rep.nodeid.split('@')[0]}")
+    if rows:
+        terminalreporter.section(f"real ComfyUI tests (COMFYUI_DIR={os.environ.get('COMFYUI_DIR', 'unset')})")
+        for row in sorted(rows):
+            terminalreporter.write_line(row)
+    if timings:
+        terminalreporter.section("timings")
+        for name, seconds in timings.items():
+            terminalreporter.write_line(f"{name}: {seconds:.1f} s")
+        for line in notes:
+            terminalreporter.write_line(line)
