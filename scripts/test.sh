@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
-args=(-n auto --dist loadgroup)
+args=(-n auto --dist loadscope --no-loadscope-reorder)
 if [ "${1:-}" = "--quick" ]; then
   shift
   args+=(-m "not slow and not real_comfy")

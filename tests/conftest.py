@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from pathlib import Path
@@ -46,20 +47,19 @@ def repo_root() -> Path:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Real-ComfyUI tests (marker ``real_comfy``) first, each module as one pytest-xdist group.
+    """Longest first: modules with real-ComfyUI tests (marker ``real_comfy``), then modules by how many
+    ``slow`` tests they hold, then the rest in collection order (a stable sort: each module stays whole).
 
-    Under ``scripts/test.sh`` (``-n auto --dist loadgroup``) a module's real-ComfyUI tests then share one
-    worker, so its module-scoped ComfyUI boots once, and these long groups start while the other workers
-    take the rest. Chosen by the marker alone: a new real-ComfyUI test needs nothing else.
+    ``scripts/test.sh`` hands whole modules to the pytest-xdist workers in this order (``--dist
+    loadscope --no-loadscope-reorder``): a module's module-scoped fixtures (a ComfyUI boot, an install)
+    are set up once, and the long modules start first and overlap the short ones. Chosen by the markers
+    alone: a new real-ComfyUI test needs nothing else.
     """
-    real = [item for item in items if item.get_closest_marker("real_comfy")]
-    if not real:
-        return
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in real:
-            item.add_marker(pytest.mark.xdist_group(f"real-{item.path.stem}"))
-    chosen = {id(item) for item in real}
-    items[:] = real + [item for item in items if id(item) not in chosen]
+    weight: collections.Counter[str] = collections.Counter()
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        weight[module] += 1000 if item.get_closest_marker("real_comfy") else bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -73,7 +73,7 @@ def pytest_terminal_summary(terminalreporter):
                     timings.update(value["seconds"])
                     notes.extend(n for n in value["notes"] if n not in notes)
             if "real_comfy" in getattr(rep, "keywords", {}) and (rep.when == "call" or outcome != "passed"):
-                rows.append(f"{outcome.upper()} {rep.nodeid.split('@')[0]}")
+                rows.append(f"{outcome.upper()} {rep.nodeid}")
     if rows:
         terminalreporter.section(f"real ComfyUI tests (COMFYUI_DIR={os.environ.get('COMFYUI_DIR', 'unset')})")
         for row in sorted(rows):
