@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,21 @@ def _isolated_env(tmp_path, monkeypatch):
                  "COMFY_VERSION_ID", "COMFY_VERSION_NAME", "OUTPUT_MODE", "NVME_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Entry points called in-process (``run_handler``, the CLIs) call ``logging.basicConfig(force=True)``
+    on the stderr of the moment, which pytest closes after the test: drop the handlers a test added to
+    the root logger (pytest's own aside) and restore its level, so that a later test in the same process
+    never logs into a closed stream (``--- Logging error ---``, with the record's arguments)."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
