@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from builder.entry import ensure_for_script  # noqa: E402  (stdlib only)
+
+if __name__ == "__main__":
+    ensure_for_script(__file__)  # plain python3: re-run in the project's .venv
+
+import requests  # noqa: E402
 
 API_BASE = "https://api.runpod.ai/v2"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
