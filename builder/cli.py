@@ -24,6 +24,7 @@ from .errors import BuildError, LockError, SpecError, TargetModifiedError, Usage
 log = logging.getLogger(__name__)
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 PASS_THROUGH = ("run-ui", "run-handler")
+PATH_COMMANDS = ("resolve", "realize", "lock", "delete", "verify-models")
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -371,6 +372,14 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """The one-line error on stderr; with --json also ``{"ok": false, "error": ...}`` on stdout."""
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": message}))
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -388,21 +397,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.env = env
+    if args.command in PATH_COMMANDS:
+        log.info("%s", cfg.describe())  # once: which case (volume, container, plain machine) was chosen
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)  # `docker stop`: clean up like Ctrl-C
     try:
         return args.func(cfg, args)
     except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, str(exc), exc.exit_code)
     except OSError as exc:  # disk full, permissions, ...: one line, no traceback
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where} (free space or fix permissions, then rerun)", file=sys.stderr)
-        return 1
+        return _fail(args, f"{exc.strerror or exc}{where} (free space or fix permissions, then rerun)", 1)
     except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to complete", file=sys.stderr)
-        return 1
+        return _fail(args, "interrupted; run the same command again to complete", 1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
