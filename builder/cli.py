@@ -170,6 +170,11 @@ def cmd_realize(cfg: BuildConfig, args: argparse.Namespace) -> int:
     wheels = Path(args.wheels_dir).expanduser() if args.wheels_dir else None
     if wheels is not None and not wheels.is_dir():
         raise UsageError(f"--wheels-dir {wheels} is not a directory")
+    if not args.python and not args.dry_run:
+        from .entry import running_in_project_venv
+        if running_in_project_venv():  # plain python3 re-ran us here: never install ComfyUI's packages into it
+            raise UsageError("realize needs --python: the default would be the worker's own .venv; give ComfyUI "
+                             "its own interpreter, e.g. `python3 -m venv ~/comfy-venv` and --python ~/comfy-venv/bin/python")
     python = Path(args.python).expanduser() if args.python else Path(sys.executable)
     if not python.exists():
         raise UsageError(f"--python {python} does not exist (give the interpreter ComfyUI runs with)")
@@ -330,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wheels-dir", help="install Python packages only from this folder of wheels (no index)")
     sp.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     sp.add_argument("--force", action="store_true", help="update checkouts with local changes (saved by git stash)")
-    sp.add_argument("--python", help="interpreter to install requirements into (default: this one)")
+    sp.add_argument("--python", help="interpreter to install requirements into (default: the one running "
+                                     "version.py, unless that is the project's .venv)")
     sp.add_argument("--skip-models", action="store_true", help="do not fetch models")
     sp.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto", help="uv when present (auto) or pip")
     sp.add_argument("--jobs", type=int, default=4, help="parallel model downloads")

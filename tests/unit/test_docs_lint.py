@@ -185,6 +185,8 @@ def check_command(command: str, where: str) -> list[str]:
     problems = []
     while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):  # NAME=value prefixes
         problems += check_env(argv.pop(0).split("=", 1)[0], where)
+    if argv[:1] == ["export"]:
+        return problems + [p for w in argv[1:] if "=" in w for p in check_env(w.split("=", 1)[0], where)]
     if argv[:1] == ["docker"]:
         for i, w in enumerate(argv[:-1]):
             if w == "-e" and "=" in argv[i + 1]:
@@ -249,10 +251,13 @@ def test_every_name_in_the_docs_exists(doc):
 
 @pytest.mark.parametrize("original, changed, says", [
     ("--out-file out.png", "--out-fil out.png", "version.py run-handler has no option --out-fil"),
-    ("workflows/sdxl_txt2img.json", "workflows/sdxl_txt2img2.json", "workflows/sdxl_txt2img2.json does not exist"),
+    ("(workflows/README.md)", "(workflows/READ.md)", "workflows/READ.md does not exist"),
+    ("`comfy_nodes/nvme_cache/`", "`comfy_nodes/nvme/`", "comfy_nodes/nvme/ does not exist"),
+    ("COMFY_PYTHON=~", "COMFY_PYTHN=~", "environment variable COMFY_PYTHN is read nowhere"),
+    ("--rp_api_port 8000", "--rp-api-port 8000", "rp_handler has no option --rp-api-port"),
     ("lock --check sdxl-base", "lock --chek sdxl-base", "version.py lock has no option --chek"),
     ("version.py validate", "version.py validat", "version.py has no subcommand 'validat'"),
-    ("--template sdxl_txt2img", "--templ sdxl_txt2img", "submit.py has no option --templ"),
+    ("--template cpu_invert", "--templ cpu_invert", "submit.py has no option --templ"),
     ("python3 scripts/version.py validate sdxl-base", "python3 -m pytest tests/unit",
      "runs with a plain python that lacks the pinned packages"),
 ])
