@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 from tests.fakes.hf_hub import FakeHfHub
 from tests.fakes.model_server import ModelFileServer
@@ -60,4 +62,16 @@ def test_model_server_unreachable_names_the_host_and_the_fix(tmp_path):
     assert "cannot reach 127.0.0.1 (ConnectionError)" in error and "COMFY_OFFLINE=1" in error
     retries = [ln for ln in proc.stderr.splitlines() if "; retry " in ln]
     assert len(retries) == 4 and len(set(retries)) == 4 and retries[-1].endswith("retry 4 of 4")
+    assert left_in(tmp_path / "cache" / "store") == [] and left_in(tmp_path / "models") == []
+
+
+@pytest.mark.slow
+def test_gcs_unreachable_is_one_line_within_the_retry_budget(tmp_path):
+    url = closed_url(ModelFileServer)
+    proc = verify(tmp_path, {"models": [{"source": "gs://bucket/m.bin", "checksum": f"sha256:{SHA}"}]},
+                  STORAGE_EMULATOR_HOST=url)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [error] = [ln for ln in proc.stdout.splitlines() if ln.startswith("missing: ")]
+    host = url.split("//")[1]
+    assert error.startswith(f"missing: gs://bucket/m.bin: cannot reach {host} (") and "COMFY_OFFLINE=1" in error
     assert left_in(tmp_path / "cache" / "store") == [] and left_in(tmp_path / "models") == []
