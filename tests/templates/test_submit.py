@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -26,6 +27,17 @@ KEY = "rpa_TESTKEY_secret"
 SIGNATURE = "X-Goog-Signature=0123deadbeefSIGNATURE"
 PNG = (PROTOCOL_DIR / "sample_output_saveimage_64x64.png").read_bytes()
 PNG2 = PNG[:-12] + b"\x00" * 12  # different bytes, same magic
+
+
+@pytest.fixture(autouse=True)
+def _quiet_test_server_log():
+    """The stand-in server's access log (werkzeug) prints signed URLs; it is not the CLI's output, and a
+    root handler left by an earlier in-process CLI test would put it into this test's stderr."""
+    logger = logging.getLogger("werkzeug")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture
