@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV = REPO_ROOT / ".venv"
 # Import names of requirements/runtime.in (tests/unit/test_docs_lint.py keeps the two in step).
 REQUIRED = ("runpod", "websocket", "requests", "google.cloud.storage", "huggingface_hub", "orjson",
-            "tenacity", "yaml")
+            "tenacity", "yaml", "PIL")
 
 
 def missing_modules(modules: Sequence[str] = REQUIRED) -> list[str]:

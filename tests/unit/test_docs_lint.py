@@ -44,6 +44,7 @@ OTHER_ENV = {
     "FAKE_COMFY_BOOT_DELAY_S": "tests/fakes/comfyui/main.py", "FAKE_COMFY_FAULTS": "tests/fakes/comfyui/main.py",
     "RUNPOD_ENDPOINT_ID": "tests/faults/fake_job_api.py",
     "CORE_LOADER_FOLDERS": "rp_handler/cache/refs.py", "MADV_DONTNEED": "builder/models/checksum.py",
+    "LEASE_S": "rp_handler/cache/leases.py",
 }
 # Set for another program (runpod, ComfyUI, Python, pip/uv, docker, CUDA, the OS).
 FOREIGN_ENV = {
@@ -287,5 +288,5 @@ def test_entry_requirements_match_runtime_in():
     """builder.entry re-execs when one of runtime.in's packages is missing: keep the lists in step."""
     names = [ln.split("#")[0].strip() for ln in (REPO / "requirements" / "runtime.in").read_text().splitlines()]
     import_names = {"websocket-client": "websocket", "google-cloud-storage": "google.cloud.storage",
-                    "PyYAML": "yaml", "huggingface_hub": "huggingface_hub"}
+                    "PyYAML": "yaml", "huggingface_hub": "huggingface_hub", "Pillow": "PIL"}
     assert sorted(import_names.get(n, n) for n in names if n) == sorted(REQUIRED)
