@@ -12,6 +12,6 @@ NOTES: list[str] = []  # what the steps did (realize's actions, the CPU-only wor
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    if report.when == "teardown" and TIMINGS:
+    if report.when == "call" and TIMINGS:  # the last call report holds them all
         report.user_properties.append(("timings", {"seconds": dict(TIMINGS), "notes": list(NOTES)}))
     return report

@@ -116,7 +116,10 @@ def make_torchvision_import(python: Path) -> str:
               "    return lambda fn: fn\n\n")
     anchor = "\n\n@functools.lru_cache(None)\ndef get_meta_lib"
     assert anchor in patched, "torchvision/_meta_registrations.py changed shape: update the CPU-only workaround"
-    meta.write_text(patched.replace(anchor, helper + anchor.lstrip("\n"), 1))
+    # A new file, not an in-place write: the installed file may be a hard link into uv's cache.
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(patched.replace(anchor, helper + anchor.lstrip("\n"), 1))
+    os.replace(tmp, meta)
     second = subprocess.run(probe, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     return f"patched {n} fake-op registration(s) in {meta}"
