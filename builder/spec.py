@@ -70,6 +70,8 @@ class Options:
     pip_extra_index_urls: tuple[str, ...] = ()
     nvme_cache_node: bool = True  # install the worker's OnDemand node into custom_nodes/nvme_cache
     snapshot_object_info: bool = False  # boot ComfyUI once at realize and keep its /object_info
+    warm_models: tuple[str, ...] = ()  # read by the worker: copied onto NVMe at start
+    limits: dict = field(default_factory=dict)  # read by the worker: {LIMIT_KEY: int}, the stricter value wins
 
 
 @dataclass(frozen=True)
@@ -370,6 +372,8 @@ def _build(data: dict) -> Spec:
         pip_extra_index_urls=tuple(opts.get("pip_extra_index_urls") or ()),
         nvme_cache_node=bool(opts.get("nvme_cache_node", True)),
         snapshot_object_info=bool(opts.get("snapshot_object_info", False)),
+        warm_models=tuple(m.strip() for m in opts.get("warm_models") or () if m.strip()),
+        limits=dict(opts.get("limits") or {}),
     )
     return Spec(
         version_id=data["version_id"],

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -31,21 +29,6 @@ from rp_handler.timings import COLD, JobTimer, current_job
 log = logging.getLogger(__name__)
 
 HISTORY_DELETE_BATCH = 50
-
-
-def read_lock_digest(path: Path) -> str | None:
-    """``spec_digest`` of the running version's lock, else the lock file's sha256 (None without a lock)."""
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    try:
-        digest = json.loads(raw).get("spec_digest")
-        if isinstance(digest, str) and digest:
-            return digest
-    except (ValueError, AttributeError):
-        pass
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 @dataclass

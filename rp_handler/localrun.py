@@ -71,8 +71,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
-    from rp_handler.handler import WorkerContext, handle, read_lock_digest
+    from rp_handler.handler import WorkerContext, handle
     from rp_handler.main import apply_version_limits, attach_cache, client_factory, open_model_cache, start_comfy
+    from rp_handler.version_files import lock_digest, version_lock
 
     args = _handler_parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -92,7 +93,7 @@ def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     if cache is not None:
         cache.start()
     ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs, client_factory=client_factory(sup), supervisor=sup,
-                        version_id=args.id, lock_digest=read_lock_digest(cfg.build.lock_path(args.id)))
+                        version_id=args.id, lock_digest=lock_digest(version_lock(cfg)))
     attach_cache(ctx, cache, sup)
     try:
         result = handle({"id": f"local-{int(time.time())}", "input": job_input}, ctx)

@@ -193,17 +193,12 @@ def progress_sender() -> Any:
 def apply_version_limits(cfg: WorkerConfig) -> WorkerConfig:
     """``cfg`` with the version spec's ``options.limits`` applied (the stricter value wins)."""
     import dataclasses
-    import json
 
     from rp_handler.limits import stricter_limits
+    from rp_handler.version_files import version_spec
 
-    if not cfg.version_id:
-        return cfg
-    try:
-        spec = json.loads(cfg.build.spec_path(cfg.version_id).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return cfg  # no spec here (e.g. volume mode without versions/): env limits only
-    limits = ((spec.get("options") or {}) if isinstance(spec, dict) else {}).get("limits")
+    spec = version_spec(cfg)  # None: no spec here (e.g. volume mode without versions/): env limits only
+    limits = spec.options.limits if spec is not None else None
     if not limits:
         return cfg
     try:
@@ -234,7 +229,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
     try:
         # Everything below overlaps ComfyUI's boot: the handler stack, the ComfyUI client, the
         # output library in use, and the runpod SDK (about 2 s).
-        from rp_handler.handler import WorkerContext, handle, read_lock_digest
+        from rp_handler.handler import WorkerContext, handle
+        from rp_handler.version_files import lock_digest, version_lock
 
         with yield_cpu_to_comfyui(cfg.boot_nice):
             preload(cfg)
@@ -245,7 +241,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         version = cfg.version_id
         ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs or ComfyDirs.under(io_dir), client_factory=client_factory(sup),
                             supervisor=sup, progress_sender=progress_sender(), version_id=version,
-                            lock_digest=read_lock_digest(cfg.build.lock_path(version)) if version else None)
+                            lock_digest=lock_digest(version_lock(cfg)))
         attach_cache(ctx, cache, sup)
         ctx.preconnect_when_ready()
         if cfg.wait_ready_before_loop:
