@@ -102,7 +102,7 @@ def sha256_file(path: Path) -> str:
 
 # --- commands ----------------------------------------------------------------------
 def cmd_create(cfg: BuildConfig, args: argparse.Namespace) -> int:
-    from .lock import atomic_write
+    from .atomic import write_if_changed
     from .spec import SCHEMA_VERSION, model_target, validate
 
     nodes = [split_repo_ref(n) if isinstance(n, str) else n for n in json_or_file(args.nodes, "nodes")]
@@ -131,7 +131,7 @@ def cmd_create(cfg: BuildConfig, args: argparse.Namespace) -> int:
     validate(data, str(out), expected_id=out.name[:-5] if out.name.endswith(".json") else None)
     if out.exists() and not args.force:
         raise BuildError(f"{out} already exists (pass --force to overwrite, or choose another id/--output)")
-    atomic_write(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+    write_if_changed(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
     emit(args, {"spec": str(out)}, f"wrote {out}")
     return 0
 
@@ -226,7 +226,7 @@ def cmd_lock(cfg: BuildConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_clone(cfg: BuildConfig, args: argparse.Namespace) -> int:
-    from .lock import atomic_write
+    from .atomic import write_if_changed
     from .spec import load_json, validate
 
     src = spec_path_for(cfg, args.src)
@@ -237,7 +237,7 @@ def cmd_clone(cfg: BuildConfig, args: argparse.Namespace) -> int:
     validate(data, str(out), expected_id=args.dst)
     if out.exists() and not args.force:
         raise BuildError(f"{out} already exists (pass --force to overwrite, or choose another id)")
-    atomic_write(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+    write_if_changed(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
     emit(args, {"spec": str(out)}, f"wrote {out}")
     return 0
 

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from .errors import BuildError
-from .lock import atomic_write
+from .atomic import write_if_changed
 from .plan import SNAPSHOT_RELPATH
 from .spec import NVME_NODE_NAME
 
@@ -187,4 +187,4 @@ def _stop(proc: subprocess.Popen) -> None:
 def write_snapshot(path: Path, object_info: dict) -> None:
     """gzip JSON, written as ``<name>.<random>.incomplete`` + os.replace."""
     data = gzip.compress(json.dumps(object_info, separators=(",", ":"), sort_keys=True).encode(), mtime=0)
-    atomic_write(path, data)
+    write_if_changed(path, data)

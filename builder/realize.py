@@ -25,7 +25,8 @@ from .config import BuildConfig
 from .errors import BuildError, LockError, OfflineMissingError, TargetModifiedError
 from .extras import NVME_NODE_SOURCE, fetch_object_info, install_tree, snapshot_key, tree_digest, write_snapshot
 from .gitcache import GitCache, is_dirty, is_git_checkout, read_head
-from .lock import atomic_write, build_lock, check, read_lock, write_lock
+from .atomic import write_if_changed
+from .lock import build_lock, check, read_lock, write_lock
 from .pip_install import (InstallRequest, closure, constraint_lines, find_installer, install,
                           installed_versions, requirement_roots, run_install_py)
 from .plan import EXTRA_PATHS_HEADER, NVME_NODE_NAME, SNAPSHOT_RELPATH, STATE_FILE, Action, Checkout, Flags, Observed, Plan, digest, make_plan
@@ -97,7 +98,7 @@ def read_state(home: Path) -> dict:
 
 
 def write_state(home: Path, state: dict) -> None:
-    atomic_write(home / STATE_FILE, (json.dumps(state, sort_keys=True, indent=2) + "\n").encode())
+    write_if_changed(home / STATE_FILE, (json.dumps(state, sort_keys=True, indent=2) + "\n").encode())
 
 
 def _observe_checkout(path: Path, sha: str, repo: str, cache: GitCache, pending: set[str]) -> Checkout:
@@ -348,7 +349,7 @@ class _Executor:
         self.save()
 
     def do_extra_paths(self, a: Action) -> None:
-        atomic_write(a.path, extra_model_paths_yaml(self.cfg.models_dir, self.lock))
+        write_if_changed(a.path, extra_model_paths_yaml(self.cfg.models_dir, self.lock))
 
     def do_bytecode(self, a: Action) -> None:
         python = str(self.opts.python)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from rp_handler.atomic import write_atomic
+from builder.atomic import write_atomic
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import WorkerError, to_payload
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from builder.config import BuildConfig
 from builder.errors import ChecksumMismatch, ModelError, ModelMissingError, NotFoundError
 from builder.models import gcs, hf, http
-from builder.models.atomic import check_free_space, incomplete
+from builder.atomic import check_free_space, incomplete
 from builder.models.checksum import Digests, hash_file
 from builder.models.copy import copy_verified
 from builder.models.plan import ModelTask, plan

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from builder.errors import ChecksumMismatch
 from rp_handler.errors import CacheError
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ class CopyFailed(CacheError):
 
 class SourceChanged(CopyFailed):
     code = "cache_source_changed"
-
-
-class ChecksumMismatch(CopyFailed):
-    code = "cache_checksum_mismatch"
 
 
 class CacheFull(CopyFailed):
@@ -150,7 +147,7 @@ def copy_file(
     cancel: threading.Event | None = None,
     fsync: bool = False,
 ) -> CopyResult:
-    """Copy ``src`` to ``dst`` atomically; raises CopyFailed (or OSError for an unreadable source)."""
+    """Copy ``src`` to ``dst`` atomically; raises CopyFailed, ChecksumMismatch, or OSError for an unreadable source."""
     started = time.monotonic()
     before = os.stat(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -212,8 +209,7 @@ def copy_file(
             digest = hasher.digest()
             hasher = None
             if digest != expected_sha256.lower():
-                raise ChecksumMismatch(f"{src}: sha256 {digest} does not match the expected "
-                                       f"{expected_sha256.lower()}; fix the file on the volume or the lock")
+                raise ChecksumMismatch(f"{src} (sha256)", expected_sha256.lower(), digest)
         os.close(out_fd)
         out_fd = -1
         os.replace(tmp, dst)
@@ -318,6 +314,8 @@ class CopyWorker:
 def _describe(exc: BaseException, src: Path) -> str:
     if isinstance(exc, CopyFailed):
         return str(exc)
+    if isinstance(exc, ChecksumMismatch):
+        return f"{exc}; fix the file on the volume or the lock"
     if isinstance(exc, PermissionError):
         return f"{src} is not readable (permission denied); fix its permissions on the volume"
     if isinstance(exc, FileNotFoundError):

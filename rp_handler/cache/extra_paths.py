@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from rp_handler.atomic import write_atomic
+from builder.atomic import write_atomic
 
 CACHE_GROUP = "nvme_cache"
 VOLUME_GROUP = "network_volume"
