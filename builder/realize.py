@@ -25,6 +25,7 @@ from .config import BuildConfig
 from .errors import BuildError, LockError, OfflineMissingError, TargetModifiedError
 from .extras import NVME_NODE_SOURCE, fetch_object_info, install_tree, snapshot_key, tree_digest, write_snapshot
 from .gitcache import GitCache, is_dirty, is_git_checkout, read_head
+from . import extra_paths
 from .atomic import write_if_changed
 from .lock import build_lock, check, read_lock, write_lock
 from .pip_install import (InstallRequest, closure, constraint_lines, find_installer, install,
@@ -36,11 +37,6 @@ from .spec import Spec
 log = logging.getLogger(__name__)
 
 NODE_TMP_SUFFIX = ".incomplete.disabled"
-COMFY_FOLDERS = ("audio_encoders", "checkpoints", "clip", "clip_vision", "configs", "controlnet", "diffusers",
-                 "diffusion_models", "embeddings", "gligen", "hypernetworks", "loras", "model_patches",
-                 "photomaker", "style_models", "text_encoders", "unet", "upscale_models", "vae", "vae_approx")
-
-
 @dataclass(frozen=True)
 class RealizeOptions:
     target: Path | None = None
@@ -155,14 +151,12 @@ def models_present(lock: dict, state: dict, home: Path, models_dir: Path) -> boo
 
 def extra_model_paths_yaml(models_dir: Path, lock: dict) -> bytes:
     """ComfyUI's extra_model_paths.yaml pointing every model folder at MODELS_DIR."""
-    folders = set(COMFY_FOLDERS)
+    folders = set(extra_paths.MODEL_SUBDIRS)
     for rec in lock["models"]:
         if not rec["target"].startswith("$COMFY_HOME/") and "/" in rec["target"]:
             folders.add(rec["target"].split("/", 1)[0])
-    lines = [EXTRA_PATHS_HEADER.decode() + ": models live outside COMFY_HOME.", "runpod_comfy_models:",
-             f"  base_path: {json.dumps(str(models_dir))}", "  is_default: true"]
-    lines += [f"  {name}: {name}" for name in sorted(folders)]
-    return ("\n".join(lines) + "\n").encode()
+    doc = {"runpod_comfy_models": extra_paths.models_dir_group(models_dir, folders, is_default=True)}
+    return extra_paths.render(doc, EXTRA_PATHS_HEADER.decode().removeprefix("# ") + ": models live outside COMFY_HOME.")
 
 
 def _inside(child: Path, parent: Path) -> bool:

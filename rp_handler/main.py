@@ -24,18 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from builder.atomic import write_atomic
+from builder import extra_paths
 from rp_handler.config import WorkerConfig
 from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
 from rp_handler.timings import current_job
 
 log = logging.getLogger(__name__)
-
-MODEL_FOLDERS = ("checkpoints", "loras", "vae", "vae_approx", "clip", "text_encoders", "unet", "diffusion_models",
-                 "clip_vision", "style_models", "embeddings", "diffusers", "controlnet", "gligen", "upscale_models",
-                 "latent_upscale_models", "hypernetworks", "photomaker", "classifiers", "model_patches",
-                 "audio_encoders", "configs")
-
 
 class _JobFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
@@ -54,11 +48,8 @@ def configure_logging(level: str) -> None:
 
 def write_models_yaml(models_dir: Path, path: Path) -> Path:
     """An extra_model_paths.yaml pointing every model folder at ``models_dir``."""
-    lines = ["rp_handler_models:", f"    base_path: {models_dir}"]
-    lines += [f"    {name}: {name}" for name in MODEL_FOLDERS]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, ("\n".join(lines) + "\n").encode())
-    return path
+    doc = {"rp_handler_models": extra_paths.models_dir_group(models_dir, is_default=False)}
+    return extra_paths.write_extra_model_paths(path, doc, "Written by rp_handler: models live in MODELS_DIR.")
 
 
 def start_comfy(cfg: WorkerConfig, *, io_dir: Path, cache: Any = None) -> Supervisor:
