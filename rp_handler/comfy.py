@@ -9,7 +9,6 @@ same clientId must close the old socket first (transcript 11). Workflows go to `
 
 from __future__ import annotations
 
-import http.client
 import logging
 import socket
 import threading
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import orjson
 import websocket
 
+from builder.comfyui import STALE, ComfyHttp
 from rp_handler import errors
 from rp_handler.memory import is_oom
 from rp_handler.events import (
@@ -39,8 +39,6 @@ from rp_handler.events import (
 
 log = logging.getLogger(__name__)
 
-_STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, BrokenPipeError,
-          ConnectionResetError, ConnectionAbortedError)
 _MAX_BUFFERED_PROMPTS = 64
 
 
@@ -54,54 +52,6 @@ class PromptResult:
     started_at: float | None = None  # time.monotonic() of execution_start
     finished_at: float | None = None  # time.monotonic() of the final executing(node=None)
     from_history: bool = field(default=False)  # completion learnt from /history (socket lost)
-
-
-class _Http:
-    """A keep-alive http.client connection; one retry when a reused connection was stale."""
-
-    def __init__(self, host: str, port: int, timeout: float):
-        self.host, self.port, self.timeout = host, port, timeout
-        self._conn: http.client.HTTPConnection | None = None
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None, *, idempotent: bool = True,
-                timeout: float | None = None) -> tuple[int, bytes]:
-        with self._lock:
-            for attempt in (0, 1):
-                reused = self._conn is not None
-                conn = self._conn or http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                self._conn = None
-                if timeout is not None:
-                    conn.timeout = timeout
-                    if conn.sock is not None:
-                        conn.sock.settimeout(timeout)
-                try:
-                    conn.request(method, path, body=body, headers=headers or {})
-                    resp = conn.getresponse()
-                    data = resp.read()
-                except _STALE:
-                    conn.close()
-                    if reused and attempt == 0 and idempotent:
-                        continue
-                    raise
-                except BaseException:
-                    conn.close()
-                    raise
-                if timeout is not None and conn.sock is not None:
-                    conn.sock.settimeout(self.timeout)
-                if resp.will_close:
-                    conn.close()
-                else:
-                    self._conn = conn
-                return resp.status, data
-        raise AssertionError("unreachable")
 
 
 class ComfyClient:
@@ -121,7 +71,7 @@ class ComfyClient:
         self.died_grace_s = died_grace_s
         self.history_poll_s = history_poll_s
         self.partial_node_errors: dict[str, dict] = {}
-        self._http = _Http(self.host, self.port, http_timeout)
+        self._http = ComfyHttp(self.host, self.port, http_timeout)
         self._ws: websocket.WebSocket | None = None
         self._reader: threading.Thread | None = None
         self._cv = threading.Condition()
@@ -237,7 +187,7 @@ class ComfyClient:
             hdrs["Content-Type"] = "application/json"
         try:
             return self._http.request(method, path, data, hdrs, idempotent=idempotent, timeout=timeout)
-        except (ConnectionRefusedError, *_STALE) as exc:
+        except (ConnectionRefusedError, *STALE) as exc:
             raise errors.ComfyDied(f"ComfyUI at {self.base_url} is unreachable ({method} {path}): {exc}",
                                    {"url": self.base_url}) from exc
         except (socket.timeout, TimeoutError) as exc:

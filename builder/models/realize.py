@@ -205,7 +205,8 @@ def _download(task: ModelTask, tmp: Path, ctx: Context, bar) -> tuple[Digests, s
                            size_hint=bar.set_total)
         return res.digests, res.resolved_source, None
     res = hf.download(src, tmp, endpoint=cfg.hf_endpoint, token=cfg.hf_token, algos=task.algos,
-                      progress=bar.update, size_hint=bar.set_total)
+                      progress=bar.update, size_hint=bar.set_total, connections=cfg.download_connections,
+                      parallel_min=ctx.parallel_min)
     return res.digests, res.resolved_source, res.remote_sha256
 
 

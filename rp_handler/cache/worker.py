@@ -12,14 +12,15 @@ complete (``CACHE_WAIT_S`` > 0 makes a job wait that long for its copies before 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from builder.comfyui import ComfyHttp
 from rp_handler.cache.actions import WarmRequest
 from rp_handler.cache.model_cache import ModelCache
 from rp_handler.cache.refs import load_object_info, snapshot_path
@@ -94,9 +95,12 @@ class WorkerCache:
 
         def run() -> None:
             try:
-                with urllib.request.urlopen(f"{url}/object_info", timeout=LIVE_INFO_TIMEOUT_S) as resp:
-                    info = json.loads(resp.read())
-            except (OSError, ValueError) as err:
+                transport = ComfyHttp.for_url(url, LIVE_INFO_TIMEOUT_S)
+                try:
+                    info = json.loads(transport.get("/object_info"))
+                finally:
+                    transport.close()
+            except (OSError, ValueError, http.client.HTTPException) as err:
                 if not self._closed.is_set():  # ComfyUI stopped under it at shutdown: nothing to say
                     log.warning("cache: could not read ComfyUI's /object_info (%s); keeping the snapshot", err)
                 with self._live_lock:
