@@ -221,15 +221,6 @@ def test_models_inside_comfy_home_need_no_extra_paths_and_skip_models(world, ven
     assert not (home / "extra_model_paths.yaml").exists()
 
 
-def _models_available() -> bool:
-    try:
-        import builder.models  # noqa: F401
-        return hasattr(builder.models, "realize_models")
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not _models_available(), reason="builder.models (models area) not merged here")
 def test_models_through_the_seam_are_locked_and_idempotent(world, venv_python, tmp_path):
     import hashlib
     blob = tmp_path / "src" / "tiny.safetensors"
