@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from builder import extra_paths
 from rp_handler.config import WorkerConfig
 from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
 from rp_handler.timings import current_job
@@ -48,6 +47,8 @@ def configure_logging(level: str) -> None:
 
 def write_models_yaml(models_dir: Path, path: Path) -> Path:
     """An extra_model_paths.yaml pointing every model folder at ``models_dir``."""
+    from builder import extra_paths  # PyYAML: imported only when a file is written (cold start)
+
     doc = {"rp_handler_models": extra_paths.models_dir_group(models_dir, is_default=False)}
     return extra_paths.write_extra_model_paths(path, doc, "Written by rp_handler: models live in MODELS_DIR.")
 
