@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from rp_handler import runpod_sdk
 from rp_handler.config import WorkerConfig
 from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
 from rp_handler.timings import current_job
@@ -141,47 +142,6 @@ def yield_cpu_to_comfyui(nice: int):
             log.debug("could not restore the worker's CPU priority: %s", err)
 
 
-def light_cpuinfo() -> None:
-    """Spare the runpod import its CPU probe (py-cpuinfo starts a Python subprocess: ~1.2 s of CPU).
-
-    runpod only reads ``get_cpu_info()["brand_raw"]`` for its debugger output; this stand-in answers
-    it from /proc/cpuinfo. Installed only when nothing imported the real module first.
-    """
-    if "cpuinfo" in sys.modules:
-        return
-    import types
-
-    def get_cpu_info() -> dict[str, str]:
-        brand = platform_brand()
-        return {"brand_raw": brand} if brand else {}
-
-    def platform_brand() -> str:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        import platform
-        return platform.processor()
-
-    stub = types.ModuleType("cpuinfo")
-    stub.get_cpu_info = get_cpu_info  # type: ignore[attr-defined]
-    stub.__doc__ = "rp_handler's light stand-in for py-cpuinfo (see rp_handler.main.light_cpuinfo)"
-    sys.modules["cpuinfo"] = stub
-
-
-def progress_sender() -> Any:
-    """runpod's progress_update when there is a RunPod job API to send to, else None (local runs)."""
-    from runpod.serverless import progress_update
-    from runpod.serverless.modules import rp_http
-
-    if not str(rp_http.JOB_DONE_URL).startswith(("http://", "https://")):
-        return None
-    return progress_update
-
-
 def apply_version_limits(cfg: WorkerConfig) -> WorkerConfig:
     """``cfg`` with the version spec's ``options.limits`` applied (the stricter value wins)."""
     import dataclasses
@@ -226,38 +186,26 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
         with yield_cpu_to_comfyui(cfg.boot_nice):
             preload(cfg)
-            light_cpuinfo()
-            import runpod.serverless
+            serverless = runpod_sdk.import_runpod()
 
         COLD.mark("runpod_imported")
         version = cfg.version_id
         ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs or ComfyDirs.under(io_dir), client_factory=client_factory(sup),
-                            supervisor=sup, progress_sender=progress_sender(), version_id=version,
+                            supervisor=sup, progress_sender=runpod_sdk.progress_sender(), version_id=version,
                             lock_digest=lock_digest(version_lock(cfg)))
         attach_cache(ctx, cache, sup)
         ctx.preconnect_when_ready()
         if cfg.wait_ready_before_loop:
             sup.ensure_ready(cfg.boot_timeout_s)
-        chained = {"done": False}
-
-        def chain_sigterm(concurrency: int) -> int:
-            # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler.
-            if not chained["done"]:
-                chained["done"] = True
-                previous = signal.getsignal(signal.SIGTERM)
-                if callable(previous) and previous is not on_term:
-                    def forward_then_runpod(signum: int, frame: Any) -> None:
-                        sup.forward_signal(signum)
-                        previous(signum, frame)
-                    signal.signal(signal.SIGTERM, forward_then_runpod)
-            return concurrency
+        # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler.
+        chain_sigterm = runpod_sdk.forward_sigterm_first(sup.forward_signal, on_term)
 
         def handler(job: dict) -> dict:
             assert ctx is not None
             return handle(job, ctx)
 
         COLD.mark("loop_started")
-        runpod.serverless.start({"handler": handler, "concurrency_modifier": chain_sigterm})
+        serverless.start({"handler": handler, "concurrency_modifier": chain_sigterm})
         return 0
     finally:
         if ctx is not None:
