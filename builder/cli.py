@@ -305,6 +305,7 @@ def cmd_verify_models(cfg: BuildConfig, args: argparse.Namespace) -> int:
 
 # --- parser ------------------------------------------------------------------------
 def build_parser(pass_through: Sequence[PassThrough] = ()) -> argparse.ArgumentParser:
+    """The whole command line, one declaration a line (long on purpose: a table, read top to bottom)."""
     p = argparse.ArgumentParser(prog="version.py", description="Pinned ComfyUI versions: spec → lock → realized install.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

@@ -291,7 +291,11 @@ def _check_options(options: Any, out: _Problems) -> None:
 
 
 def validate(data: Any, source: str = "spec", *, expected_id: str | None = None) -> Spec:
-    """Return a :class:`Spec` or raise SpecError listing every problem."""
+    """Return a :class:`Spec` or raise SpecError listing every problem.
+
+    Long on purpose: one check a line in the spec's own key order, so every problem is collected in
+    one pass and the order of the messages follows the file.
+    """
     out = _Problems()
     if not isinstance(data, dict):
         raise SpecError(source, ["(root): must be a JSON object"])
