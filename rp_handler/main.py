@@ -22,12 +22,17 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from rp_handler import runpod_sdk
 from rp_handler.config import WorkerConfig
 from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
 from rp_handler.timings import current_job
+
+if TYPE_CHECKING:  # imported later, while ComfyUI boots (cold start)
+    from rp_handler.cache.worker import WorkerCache
+    from rp_handler.comfy import ComfyClient
+    from rp_handler.handler import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ def write_models_yaml(models_dir: Path, path: Path) -> Path:
     return extra_paths.write_extra_model_paths(path, doc, "Written by rp_handler: models live in MODELS_DIR.")
 
 
-def start_comfy(cfg: WorkerConfig, *, io_dir: Path, cache: Any = None) -> Supervisor:
+def start_comfy(cfg: WorkerConfig, *, io_dir: Path, cache: WorkerCache | None = None) -> Supervisor:
     """Spawn ComfyUI now (before anything heavy) and supervise it on a thread.
 
     With the NVMe cache (``cache``: a ``WorkerCache``) ComfyUI's extra_model_paths.yaml puts the
@@ -73,7 +78,7 @@ def start_comfy(cfg: WorkerConfig, *, io_dir: Path, cache: Any = None) -> Superv
     return sup
 
 
-def open_model_cache(cfg: WorkerConfig) -> Any:
+def open_model_cache(cfg: WorkerConfig) -> WorkerCache | None:
     """The NVMe model cache (``rp_handler.cache.worker.WorkerCache``) when NVME_CACHE_DIR is set, else None."""
     if cfg.cache.root is None:
         return None
@@ -82,7 +87,7 @@ def open_model_cache(cfg: WorkerConfig) -> Any:
     return open_cache(cfg, cfg.comfy_home)
 
 
-def attach_cache(ctx: Any, cache: Any, sup: Supervisor) -> None:
+def attach_cache(ctx: WorkerContext, cache: WorkerCache | None, sup: Supervisor) -> None:
     """Give the jobs the cache: per-job hooks, ``cache`` in the status action, live object_info later."""
     if cache is None:
         return
@@ -94,7 +99,7 @@ def attach_cache(ctx: Any, cache: Any, sup: Supervisor) -> None:
 def client_factory(sup: Supervisor | None = None):
     """Builds a connected ComfyClient that knows whether the ComfyUI process is still alive."""
 
-    def connect(url: str) -> Any:
+    def connect(url: str) -> ComfyClient:
         from rp_handler.comfy import ComfyClient
 
         # Bound to this incarnation: a job must not wait on a restarted ComfyUI that never saw its prompt.
