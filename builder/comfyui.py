@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import select
 import socket
 import threading
 import time
@@ -53,6 +54,9 @@ class ComfyHttp:
                 timeout: float | None = None) -> tuple[int, bytes]:
         with self._lock:
             for attempt in (0, 1):
+                if self._conn is not None and _peer_closed(self._conn):
+                    self._conn.close()  # closed by ComfyUI while idle: never send on it
+                    self._conn = None
                 reused = self._conn is not None
                 conn = self._conn or http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
                 self._conn = None
@@ -87,6 +91,19 @@ class ComfyHttp:
         if status != 200:
             raise OSError(f"ComfyUI answered {status} to GET {path}")
         return data
+
+
+def _peer_closed(conn: http.client.HTTPConnection) -> bool:
+    """True when the idle keep-alive socket was closed by the server (readable at EOF)."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def ping(host: str, port: int, timeout: float = 2.0) -> bool:

@@ -269,7 +269,7 @@ def _stage(job: Job, raw_job: dict, ctx: WorkerContext, client: ComfyClient, tim
     cfg = ctx.cfg
     sink = make_sink(job.output, cfg, job.id)
     sub = job_subfolder(job.id, os.urandom(3).hex())
-    image_map = stage_images(job.images, ctx.dirs.input, sub, cfg)
+    image_map = stage_images(job.images, ctx.dirs.input, sub, cfg, deadline=time.monotonic() + job.timeout_s)
     workflow = rewrite_workflow(job.workflow, image_map, sub)
     send = ctx.progress_sender
     sender = (lambda payload: send(raw_job, payload)) if send is not None else None
