@@ -107,3 +107,36 @@ def test_forward_sigterm_stops_without_restart(fake_home):
         assert any("Stopped server" in line for line in sup.proc.log_tail())
     finally:
         sup.stop(timeout=5)
+
+
+def test_crashes_count_within_the_window_and_kills_on_purpose_not_at_all(tiny_home):
+    sup = Supervisor(ComfyProcess(make_cfg(), tiny_home), max_restarts=1, boot_timeout_s=20, crash_window_s=1.0)
+    sup.start()
+    try:
+        gen = sup.ensure_ready(20)
+        os.kill(sup.proc.pid, signal.SIGSTOP)  # frozen: SIGKILL still ends it
+        assert sup.replace(gen, "test: frozen")
+        assert sup.kills == {gen: "test: frozen"} and len(sup.crashes) == 0
+        for _ in range(3):  # crashes further apart than the window: never a crash loop
+            gen = sup.ensure_ready(20)
+            time.sleep(1.1)
+            os.kill(sup.proc.pid, signal.SIGKILL)
+            assert sup.death_of(gen, 10) is not None
+        gen = sup.ensure_ready(20)
+        assert not sup.gave_up and sup.restarts == 4
+        os.kill(sup.proc.pid, signal.SIGKILL)  # a second crash within 1 s of the last one
+        assert sup.death_of(gen, 10) is not None and sup.gave_up
+    finally:
+        sup.stop(timeout=5)
+
+
+def test_a_boot_that_fails_twice_gives_up(tiny_home, monkeypatch):
+    monkeypatch.setenv("TINY_MODE", "crash")
+    sup = Supervisor(ComfyProcess(make_cfg(), tiny_home), max_restarts=10, boot_timeout_s=20)
+    sup.start()
+    try:
+        with pytest.raises(ComfyStartError, match="needs replacing") as info:
+            sup.ensure_ready(30)
+        assert sup.gave_up and info.value.refresh_worker and sup.proc.starts == 2
+    finally:
+        sup.stop(timeout=5)
