@@ -522,7 +522,7 @@ class ComfyClient:
         try:
             self.interrupt(prompt_id, timeout=max(0.05, self.interrupt_timeout_s))
             self.delete_queued([prompt_id], timeout=max(0.05, stop - time.monotonic()))
-        except (errors.ComfyUnresponsive, errors.ComfyDied) as exc:
+        except errors.ComfyUnresponsive as exc:
             log.warning("ComfyUI did not answer the interrupt of prompt %s: %s", prompt_id, exc)
             details["comfy_unresponsive"] = True
         except errors.WorkerError as exc:
