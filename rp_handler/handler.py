@@ -218,8 +218,9 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
         except errors.WorkerError as err:
             err.comfy_generation = generation  # type: ignore[attr-defined]
             sup = ctx.supervisor
-            if isinstance(err, errors.ComfyUnresponsive) and sup is not None:
-                sup.replace(generation, f"it stopped answering during a job ({err})")  # a retry gets a fresh one
+            if isinstance(err, errors.ComfyUnresponsive) and sup is not None:  # frozen: a retry gets a fresh one
+                if sup.replace(generation, f"it stopped answering during a job ({err})"):
+                    err.args = (f"{err}; ComfyUI was unresponsive and was killed and restarted",)
             if isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and sup is not None:
                 if isinstance(err, errors.ComfyDied):
                     sup.death_of(generation, timeout=3.0)  # the supervisor decides on giving up first
