@@ -31,6 +31,7 @@ def status_payload(ctx: WorkerContext) -> dict:
     comfy: dict[str, Any] = {"url": ctx.url}
     if sup is not None:
         comfy.update(running=sup.proc.alive, ready=sup.ready, pid=sup.proc.pid, restarts=sup.restarts,
+                     crashes=len(sup.crashes), killed_on_purpose=len(sup.kills),
                      generation=sup.generation, gave_up=sup.gave_up)
         if not sup.proc.alive and sup.last_exit_tail:
             comfy["log_tail"] = sup.last_exit_tail[-10:]
