@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from rp_handler.atomic import write_atomic
 from rp_handler.config import WorkerConfig
+from rp_handler.errors import ComfyStartError
 from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
 from rp_handler.timings import current_job
 
@@ -220,7 +221,15 @@ def main(env: Mapping[str, str] | None = None) -> int:
     owned_io = cfg.io_dir is None
     io_dir = cfg.io_dir or Path(tempfile.mkdtemp(prefix="rp_handler-io-"))
     cache = open_model_cache(cfg)
-    sup = start_comfy(cfg, io_dir=io_dir, cache=cache)
+    try:
+        sup = start_comfy(cfg, io_dir=io_dir, cache=cache)
+    except ComfyStartError as err:  # e.g. a volume image whose volume has no ComfyUI: one line, exit 1
+        log.error("%s", err)
+        if cache is not None:
+            cache.close()
+        if owned_io:
+            shutil.rmtree(io_dir, ignore_errors=True)
+        return 1
     if cache is not None:
         cache.start()  # the version's warm set copies while ComfyUI boots
 

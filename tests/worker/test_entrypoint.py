@@ -180,3 +180,14 @@ def test_production_loop_against_a_fake_runpod_api(tmp_path):
             api.close()
     text = log_path.read_text()
     assert "forwarding signal 15 to ComfyUI" in text and "Stopped server" in text, text[-3000:]
+
+
+def test_no_comfyui_at_comfy_home_is_one_line_and_exit_1(tmp_path):
+    """A volume image started on a volume without the version: the reason, not a traceback."""
+    empty = tmp_path / "volume" / "builds" / "comfy-missing"
+    proc = subprocess.run([sys.executable, "-m", "rp_handler"], cwd=tmp_path, env=_env(tmp_path, COMFY_HOME=str(empty)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "no ComfyUI at" in ln]
+    assert len(lines) == 1 and f"no ComfyUI at {empty} (main.py missing): realize the version first" in lines[0]
