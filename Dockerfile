@@ -60,7 +60,7 @@ RUN apt-get update \
  && if [ "${PYTHON_VERSION}" = system ]; then \
       apt-get install -y --no-install-recommends python3 python3-venv \
       && site="$(python3 -c 'import sys; print("/usr/local/lib/python%d.%d/dist-packages" % sys.version_info[:2])')" \
-      && mkdir -p "$(dirname "$site")" && ln -s /opt/python/system/site-packages "$site"; \
+      && rm -rf "$site" && mkdir -p "$(dirname "$site")" && ln -s /opt/python/system/site-packages "$site"; \
     fi \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=uv /uv /uvx /usr/local/bin/

@@ -4,6 +4,7 @@
 #
 # Usage: scripts/local_docker.sh up     engine + buildx + base images; prints the build args to use
 #        scripts/local_docker.sh down   stop the engine this script started (images stay on disk)
+# `up` prints, on its last line, the extra `docker buildx build` arguments this machine needs.
 #
 # `up` reuses what works: a running engine with buildx is kept as it is, and a base image that
 # `docker pull` gets is used as is. Otherwise, as root on Debian/Ubuntu with apt:
@@ -92,13 +93,16 @@ standin_cuda() {
       || die "debootstrap failed; see $dir/debootstrap.log"
     touch "$rootfs/.complete"
   fi
-  # The build installs ca-certificates, which rebuilds the bundle from these files.
+  # The build installs ca-certificates, which rebuilds the bundle from these files; uv and pip
+  # are told to read that bundle (they carry their own roots otherwise).
+  local bundle=/etc/ssl/certs/ca-certificates.crt
   mkdir -p "$rootfs/usr/local/share/ca-certificates"
   cp /etc/ssl/certs/ca-certificates.crt "$rootfs/usr/local/share/ca-certificates/host-bundle.crt"
   echo "deb $mirror bookworm main" > "$rootfs/etc/apt/sources.list"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" --exclude=./.complete -c . \
-    | docker import -c 'CMD ["/bin/bash"]' -c "LABEL $label=true" - "$cuda_image" >/dev/null
+    | docker import -c 'CMD ["/bin/bash"]' -c "LABEL $label=true" \
+        -c "ENV SSL_CERT_FILE=$bundle PIP_CERT=$bundle" - "$cuda_image" >/dev/null
 }
 
 standin_uv() {
@@ -129,10 +133,18 @@ case "${1:-}" in
     fi
     ensure_image "$cuda_image" standin_cuda
     ensure_image "$uv_image" standin_uv
+    args=()  # what `docker buildx build` needs here, printed on one line
+    # This script's dockerd has no bridge network: a build step reaches the registries through the host's.
+    [ -f "$dir/dockerd.pid" ] && args+=(--network host)
+    for v in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
+      [ -n "${!v:-}" ] && args+=(--build-arg "$v=${!v}")
+    done
     if is_standin "$cuda_image"; then
-      say "stand-in base (Debian, its own Python, no CUDA): build the CPU variant with these build args"
-      echo "--build-arg PYTHON_VERSION=system --build-arg TORCH_INDEX_URL="
+      say "stand-in base (Debian, its own Python, no CUDA): build the CPU variant (docs/runpod.md, \"CPU image\")"
+      args+=(--build-arg PYTHON_VERSION=system)
     fi
+    echo "${args[*]-}"
+
     ;;
   down) stop_engine; say "engine stopped" ;;
   *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;

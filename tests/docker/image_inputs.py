@@ -126,8 +126,11 @@ def patched_torchvision(wheel: Path, dest_dir: Path) -> Path:
     out[record] += f"{record},,\n".encode()
     target = dest_dir / wheel.name.replace(f"-{version}-", f"-{new_version}-")
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zout:
-        for name, data in out.items():
-            zout.writestr(name, data)
+        for name, data in out.items():  # fixed times: the same bytes every run, so the build cache holds
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zout.writestr(info, data)
     return target
 
 
