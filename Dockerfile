@@ -30,7 +30,8 @@ FROM scratch AS sources
 # shared layer goes into it, not into a venv, so a venv made with --system-site-packages sees
 # torch. UV_PYTHON names it because `uv pip --system` alone may settle on another interpreter.
 # PYTHON_VERSION=system uses the base's own python3 instead of uv's download (GitHub): its
-# /usr/local dist-packages is a link into /opt/python, so the installs still land there.
+# /usr/local/lib/python3.X/dist-packages is a link to /opt/python/system/lib/python3.X/dist-packages,
+# so the installs (and, three levels up, their scripts in bin/) still land in /opt/python.
 FROM ${CUDA_IMAGE} AS base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -60,7 +61,8 @@ RUN apt-get update \
  && if [ "${PYTHON_VERSION}" = system ]; then \
       apt-get install -y --no-install-recommends python3 python3-venv \
       && site="$(python3 -c 'import sys; print("/usr/local/lib/python%d.%d/dist-packages" % sys.version_info[:2])')" \
-      && rm -rf "$site" && mkdir -p "$(dirname "$site")" && ln -s /opt/python/system/site-packages "$site"; \
+      && rm -rf "$site" && mkdir -p "$(dirname "$site")" \
+      && ln -s "/opt/python/system/lib/$(basename "$(dirname "$site")")/dist-packages" "$site"; \
     fi \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=uv /uv /uvx /usr/local/bin/
@@ -83,7 +85,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
     --mount=type=bind,from=wheels,target=/wheels \
     if [ "${PYTHON_VERSION}" = system ]; then \
-      mkdir -p /opt/python/system/bin /opt/python/system/site-packages \
+      mkdir -p /opt/python/system/bin \
+        "$(python3 -c 'import os, sysconfig; print(os.readlink(sysconfig.get_path("purelib")))')" \
       && ln -s "$(readlink -f /usr/bin/python3)" /opt/python/system/bin/python3 \
       && ln -s python3 /opt/python/system/bin/python \
       && ln -sfn system /opt/python/current; \

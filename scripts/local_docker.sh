@@ -29,7 +29,16 @@ label=org.runpod-comfy.standin  # marks the images this script made
 say() { echo "local_docker.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-engine_ok() { docker info >/dev/null 2>&1 && docker buildx version >/dev/null 2>&1; }
+engine_ok() { docker info >/dev/null 2>&1; }
+plugins=/usr/local/lib/docker/cli-plugins  # searched by every docker CLI, whatever HOME is
+
+ensure_buildx() {
+  docker buildx version >/dev/null 2>&1 && return 0
+  [ -x "$dir/root/usr/libexec/docker/cli-plugins/docker-buildx" ] || get_engine
+  mkdir -p "$plugins"
+  ln -sfn "$dir/root/usr/libexec/docker/cli-plugins/docker-buildx" "$plugins/docker-buildx"
+  docker buildx version >/dev/null 2>&1 || die "docker buildx does not run; see $plugins/docker-buildx"
+}
 
 apt_unstable() {  # apt-get with its own lists for Debian unstable; the machine's apt state is untouched
   local a="$dir/apt"
@@ -58,8 +67,6 @@ get_engine() {
 
 start_engine() {
   local bin="$dir/root/usr/sbin:$dir/root/usr/bin" driver
-  mkdir -p "$HOME/.docker/cli-plugins"
-  ln -sfn "$dir/root/usr/libexec/docker/cli-plugins/docker-buildx" "$HOME/.docker/cli-plugins/docker-buildx"
   command -v docker >/dev/null || ln -sfn "$dir/root/usr/bin/docker" /usr/local/bin/docker
   for driver in overlay2 vfs; do
     PATH="$bin:$PATH" setsid dockerd --iptables=false --ip6tables=false --bridge=none \
@@ -131,6 +138,7 @@ case "${1:-}" in
       [ -x "$dir/root/usr/sbin/dockerd" ] || get_engine
       start_engine
     fi
+    ensure_buildx
     ensure_image "$cuda_image" standin_cuda
     ensure_image "$uv_image" standin_uv
     args=()  # what `docker buildx build` needs here, printed on one line

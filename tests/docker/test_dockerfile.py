@@ -24,15 +24,6 @@ from tests.docker.dockerfile_model import (
 MODES = ("baked", "hybrid", "volume")
 VENV = "/opt/venv"  # the version's own packages, on top of the shared /opt/python
 REALIZE_STAGE = {"baked": "realize-baked", "hybrid": "realize-hybrid"}
-# Paths other areas own; on a branch where they are not merged yet the check skips, naming them.
-PENDING = {
-    "scripts/version.py": "builder",
-    "builder/cli.py": "builder",
-    "versions": "builder",
-    "comfy_nodes/nvme_cache": "cache",
-    "test_input.json": "worker",
-    "rp_handler/__main__.py": "worker",
-}
 # Variables the image sets for tools, not for the project (docs/runpod.md lists them).
 TOOL_ENV = {
     "DEBIAN_FRONTEND", "LANG", "PATH", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "HF_HOME",
@@ -52,12 +43,9 @@ def stages(dockerfile):
 
 
 def _missing(rels: list[str]) -> None:
-    """Fail for a missing path nobody else owns; skip (naming owners) for unmerged ones."""
+    """Fail for any path the Dockerfile needs that is not in the repo."""
     missing = [rel for rel in dict.fromkeys(rels) if not (REPO_ROOT / rel).exists()]
-    unowned = [rel for rel in missing if rel not in PENDING]
-    assert not unowned, f"the Dockerfile needs paths that are not in the repo: {unowned}"
-    if missing:
-        pytest.skip("not merged yet: " + ", ".join(f"{rel} (owner: {PENDING[rel]})" for rel in missing))
+    assert not missing, f"the Dockerfile needs paths that are not in the repo: {missing}"
 
 
 def _shell_words(ins) -> list[str]:
