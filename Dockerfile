@@ -29,9 +29,9 @@ FROM scratch AS sources
 # Python lives in /opt/python/current (a link made in deps); every uv and pip install of the
 # shared layer goes into it, not into a venv, so a venv made with --system-site-packages sees
 # torch. UV_PYTHON names it because `uv pip --system` alone may settle on another interpreter.
-# PYTHON_VERSION=system uses the base's own python3 instead of uv's download (GitHub): its
-# /usr/local/lib/python3.X/dist-packages is a link to /opt/python/system/lib/python3.X/dist-packages,
-# so the installs (and, three levels up, their scripts in bin/) still land in /opt/python.
+# PYTHON_VERSION=system uses the base's own python3 instead of uv's download (GitHub): uv installs
+# with --prefix /opt/python/system, and a .pth file in the base's own
+# site-packages puts /opt/python/system/lib/python3.X/site-packages on its path.
 FROM ${CUDA_IMAGE} AS base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -60,9 +60,8 @@ RUN apt-get update \
       libgomp1 procps tini \
  && if [ "${PYTHON_VERSION}" = system ]; then \
       apt-get install -y --no-install-recommends python3 python3-venv \
-      && site="$(python3 -c 'import sys; print("/usr/local/lib/python%d.%d/dist-packages" % sys.version_info[:2])')" \
-      && rm -rf "$site" && mkdir -p "$(dirname "$site")" \
-      && ln -s "/opt/python/system/lib/$(basename "$(dirname "$site")")/dist-packages" "$site"; \
+      && python3 -c 'import os, site, sys; d = site.getsitepackages()[0]; os.makedirs(d, exist_ok=True); \
+open(d + "/opt-python.pth", "w").write("/opt/python/system/lib/python%d.%d/site-packages\n" % sys.version_info[:2])'; \
     fi \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=uv /uv /uvx /usr/local/bin/
@@ -84,9 +83,10 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 # TORCH_INDEX_URL installs from PyPI and the `wheels` context only.
 RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
     --mount=type=bind,from=wheels,target=/wheels \
-    if [ "${PYTHON_VERSION}" = system ]; then \
-      mkdir -p /opt/python/system/bin \
-        "$(python3 -c 'import os, sysconfig; print(os.readlink(sysconfig.get_path("purelib")))')" \
+    prefix="" \
+ && if [ "${PYTHON_VERSION}" = system ]; then \
+      prefix=/opt/python/system \
+      && mkdir -p /opt/python/system/bin \
       && ln -s "$(readlink -f /usr/bin/python3)" /opt/python/system/bin/python3 \
       && ln -s python3 /opt/python/system/bin/python \
       && ln -sfn system /opt/python/current; \
@@ -100,11 +100,13 @@ RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
       if [ -n "${pin#*==}" ]; then echo "$pin"; fi; \
     done > /etc/comfy/constraints.txt \
  && UV_DEFAULT_INDEX="${TORCH_INDEX_URL:-https://pypi.org/simple}" \
-      uv pip install --find-links /wheels -r /etc/comfy/constraints.txt
+      uv pip install ${prefix:+--prefix "$prefix"} --find-links /wheels -r /etc/comfy/constraints.txt
 COPY requirements/runtime.lock requirements/comfyui.lock /tmp/
 RUN --mount=type=cache,id=comfy-uv,target=/root/.cache/uv,sharing=locked \
-    uv pip install -r /tmp/runtime.lock \
- && uv pip install -r /tmp/comfyui.lock -c /tmp/runtime.lock \
+    prefix="" \
+ && if [ "${PYTHON_VERSION}" = system ]; then prefix=/opt/python/system; fi \
+ && uv pip install ${prefix:+--prefix "$prefix"} -r /tmp/runtime.lock \
+ && uv pip install ${prefix:+--prefix "$prefix"} -r /tmp/comfyui.lock -c /tmp/runtime.lock \
  && rm /tmp/runtime.lock /tmp/comfyui.lock \
  && { python3 -m compileall -q -j 0 --invalidation-mode checked-hash \
         "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \
