@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Get a Docker engine and the Dockerfile's base images on a machine that has neither, to
-# smoke-test the image without a GPU or a registry (docs/testing.md, "The image").
+# smoke-test the image without a GPU or a registry (docs/runpod.md, "Smoke-testing the image without a GPU or a registry").
 #
 # Usage: scripts/local_docker.sh up     engine + buildx + base images; prints the build args to use
 #        scripts/local_docker.sh down   stop the engine this script started (images stay on disk)
@@ -155,5 +155,5 @@ case "${1:-}" in
 
     ;;
   down) stop_engine; say "engine stopped" ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
