@@ -408,3 +408,23 @@ def test_the_dockerfile_needs_no_frontend_image(dockerfile):
     first = (REPO_ROOT / "Dockerfile").read_text().splitlines()[0]
     assert not first.lower().startswith("# syntax"), first
     assert "BuildKit 0.16" in (REPO_ROOT / "Dockerfile").read_text()
+
+
+def _pins(path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def test_comfyui_lock_agrees_with_runtime_lock():
+    """The image installs comfyui.lock constrained by runtime.lock: a package pinned in both must agree."""
+    runtime = _pins(REPO_ROOT / "requirements" / "runtime.lock")
+    comfy = _pins(REPO_ROOT / "requirements" / "comfyui.lock")
+    assert comfy, "requirements/comfyui.lock has no pins"
+    differ = {n: (comfy[n], runtime[n]) for n in comfy.keys() & runtime.keys() if comfy[n] != runtime[n]}
+    assert not differ, (f"comfyui.lock and runtime.lock pin different versions {differ}: regenerate comfyui.lock "
+                        "(the command is at the top of requirements/comfyui.in)")
+    assert not {"torch", "torchvision", "torchaudio"} & comfy.keys(), "torch comes from TORCH_INDEX_URL, not the lock"
