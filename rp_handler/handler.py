@@ -6,18 +6,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rp_handler import errors
 from rp_handler.config import WorkerConfig
+from rp_handler.deadline import JobDeadline, recover_after_timeout
 from rp_handler.events import Executed, Executing, ExecutionCached, Progress
 from rp_handler.inputs import cleanup_job, job_subfolder, rewrite_workflow, stage_images
 from rp_handler.job import Action, Job, parse_job
@@ -26,26 +25,16 @@ from rp_handler.outputs import OutputCollector, OutputFile, local_path, make_sin
 from rp_handler.process import ComfyDirs, Supervisor
 from rp_handler.progress import ProgressReporter
 from rp_handler.retry import run_with_retry
+from rp_handler.status import status_payload, warm_payload
 from rp_handler.timings import COLD, JobTimer, current_job
+
+if TYPE_CHECKING:  # imported by main while ComfyUI boots; the handler itself needs only their types
+    from rp_handler.cache.worker import WorkerCache
+    from rp_handler.comfy import ComfyClient, PromptResult
 
 log = logging.getLogger(__name__)
 
 HISTORY_DELETE_BATCH = 50
-
-
-def read_lock_digest(path: Path) -> str | None:
-    """``spec_digest`` of the running version's lock, else the lock file's sha256 (None without a lock)."""
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    try:
-        digest = json.loads(raw).get("spec_digest")
-        if isinstance(digest, str) and digest:
-            return digest
-    except (ValueError, AttributeError):
-        pass
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 @dataclass
@@ -54,18 +43,18 @@ class WorkerContext:
 
     cfg: WorkerConfig
     dirs: ComfyDirs
-    client_factory: Callable[[str], Any]  # base_url -> connected ComfyClient
+    client_factory: Callable[[str], ComfyClient]  # base_url -> connected client
     supervisor: Supervisor | None = None
     base_url: str = ""
-    progress_sender: Callable[[dict, Any], None] | None = None  # (job, payload), e.g. runpod's progress_update
+    progress_sender: Callable[[dict, dict], None] | None = None  # (job, payload), e.g. runpod's progress_update
     lock_digest: str | None = None
     version_id: str = ""
     status_hooks: list[Callable[[], dict]] = field(default_factory=list)
-    cache: Any = None  # rp_handler.cache.worker.WorkerCache when NVME_CACHE_DIR is set
+    cache: WorkerCache | None = None  # when NVME_CACHE_DIR is set
     jobs_done: int = 0
     jobs_since_free: int = 0
     cold_reported: bool = False
-    _client: Any = None
+    _client: ComfyClient | None = None
     _client_generation: int = -1
     _history_ids: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -74,7 +63,7 @@ class WorkerContext:
     def url(self) -> str:
         return self.supervisor.proc.url if self.supervisor is not None else self.base_url
 
-    def client(self, generation: int) -> Any:
+    def client(self, generation: int) -> ComfyClient:
         """One client (keep-alive HTTP + websocket) per ComfyUI incarnation."""
         with self._lock:
             return self._client_locked(generation)
@@ -93,7 +82,7 @@ class WorkerContext:
 
         threading.Thread(target=run, name="comfy-preconnect", daemon=True).start()
 
-    def _client_locked(self, generation: int) -> Any:
+    def _client_locked(self, generation: int) -> ComfyClient:
         if self._client is None or generation != self._client_generation:
             if self._client is not None:
                 try:
@@ -135,7 +124,6 @@ def handle(job: dict, ctx: WorkerContext) -> dict:
         status = "ok"
         return result
     except errors.WorkerError as err:
-        _attach_comfy_state(err, ctx, getattr(err, "comfy_generation", None))
         log.error("job %s failed: %s", job_id, err)
         return _cache_error(_error_payload(err, ctx, timer), ctx, job_id, cached)
     except Exception as err:  # never crash the worker loop
@@ -156,17 +144,6 @@ def _cache_error(payload: dict, ctx: WorkerContext, job_id: str, cached: bool) -
     return payload
 
 
-def warm_payload(raw_input: Any, ctx: WorkerContext) -> dict:
-    """``{"action": "warm", "models": [...] | "workflow": {...}, "wait": bool}``: preload into the NVMe cache."""
-    from rp_handler.cache.actions import parse_warm
-
-    req = parse_warm(raw_input, max_timeout_s=ctx.cfg.job_max_timeout_s)
-    if ctx.cache is None:
-        raise errors.InputError("the NVMe model cache is off on this worker (NVME_CACHE_DIR is not set): "
-                                "nothing to warm", {"field": "action"})
-    return ctx.cache.warm(req)
-
-
 def _error_payload(err: BaseException, ctx: WorkerContext, timer: JobTimer) -> dict:
     payload = errors.to_payload(err)
     payload["details"]["timings"] = timer.durations()
@@ -185,6 +162,9 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
         err.args = (f"the worker is shutting down (signal {sup.stop_signal}) and stopped ComfyUI during the job; "
                     "run the job again",)
         return
+    if generation in sup.kills:  # killed on purpose (frozen, ignored interrupt): the error already says so
+        err.details.setdefault("comfy_restarted", True)
+        return
     death = sup.death_of(generation, timeout=3.0)
     if death is None:
         return
@@ -195,35 +175,44 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
     err.args = (f"{err} (ComfyUI exited with code {rc}; last log line: {errors.one_line(last, 200)})",)
 
 
+def _after_failure(err: errors.WorkerError, ctx: WorkerContext, generation: int) -> None:
+    """Decide whether a failed attempt may be retried, and say in ``err`` what happened to ComfyUI."""
+    sup = ctx.supervisor
+    if isinstance(err, errors.ComfyUnresponsive) and sup is not None:  # frozen: a retry gets a fresh one
+        if sup.replace(generation, f"it stopped answering during a job ({err})"):
+            err.args = (f"{err}; ComfyUI was unresponsive and was killed and restarted",)
+    if isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and sup is not None:
+        if isinstance(err, errors.ComfyDied):
+            sup.death_of(generation, timeout=3.0)  # the supervisor decides on giving up first
+        if sup.gave_up or sup.stopping:
+            err.retryable = False  # the worker is being replaced or shut down: nothing to retry on
+    _attach_comfy_state(err, ctx, generation)
+
+
 def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
     """Run ``job``; a transient failure (ComfyUI died, out of memory) gets one more attempt (JOB_RETRIES).
 
-    Validation errors are never retried.  A retried job's result lists what the first attempt hit
-    under ``retried`` (with ComfyUI's log tail when it died).
+    Validation errors and timeouts are never retried, and no retry starts after the job's deadline
+    (rp_handler.deadline).  A retried job's result lists what the first attempt hit under ``retried``
+    (with ComfyUI's log tail when it died).
     """
     cfg = ctx.cfg
     failures: list[dict] = []
     state: dict[str, Any] = {}
+    deadline = JobDeadline(job.timeout_s)
 
     def attempt() -> dict:
-        generation = ctx.supervisor.ensure_ready(cfg.boot_timeout_s) if ctx.supervisor is not None else 0
+        generation = _comfy_for_attempt(ctx, deadline)
         state["generation"] = generation
         try:
-            return _run_on(generation, job, raw_job, ctx, timer)
+            return _run_on(generation, job, raw_job, ctx, timer, deadline)
         except errors.WorkerError as err:
-            err.comfy_generation = generation  # type: ignore[attr-defined]
-            sup = ctx.supervisor
-            if isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and sup is not None:
-                if isinstance(err, errors.ComfyDied):
-                    sup.death_of(generation, timeout=3.0)  # the supervisor decides on giving up first
-                if sup.gave_up or sup.stopping:
-                    err.retryable = False  # the worker is being replaced or shut down: nothing to retry on
+            _after_failure(err, ctx, generation)
             raise
 
     def on_retry(err: BaseException, number: int) -> None:
         generation = state.get("generation", 0)
         if isinstance(err, errors.WorkerError):
-            _attach_comfy_state(err, ctx, generation)
             failures.append(errors.to_payload(err))
         if isinstance(err, errors.OutOfMemory):
             _free(ctx, ctx.client(generation), "out of memory: freeing before the retry")
@@ -231,7 +220,8 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
             ctx.supervisor.death_of(generation, timeout=5.0)  # the retry waits for the restarted ComfyUI
 
     try:
-        result = run_with_retry(attempt, on_retry=on_retry, attempts=1 + cfg.job_retries)
+        result = run_with_retry(attempt, on_retry=on_retry, attempts=1 + cfg.job_retries,
+                                give_up=lambda: deadline.passed)
     except errors.WorkerError as err:
         if failures:
             err.details.setdefault("retried", failures)
@@ -241,22 +231,67 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
     return result
 
 
-def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
-    cfg = ctx.cfg
+@dataclass
+class _Attempt:
+    """One attempt of a job on one ComfyUI: its per-job folder, graph, progress and outputs."""
+
+    sub: str
+    workflow: dict
+    progress: ProgressReporter
+    collector: OutputCollector
+    prompt_id: str | None = None
+
+
+def _comfy_for_attempt(ctx: WorkerContext, deadline: JobDeadline) -> int:
+    """A ready ComfyUI that answers the liveness probe (a frozen one is replaced first); a retry waits
+    for a restart only until the job's deadline."""
+    sup, cfg = ctx.supervisor, ctx.cfg
+    if sup is None:
+        return 0
+    left = deadline.left()
+    if left is None or left >= cfg.boot_timeout_s:
+        return sup.ensure_responsive(cfg.boot_timeout_s, cfg.probe_timeout_s)
     try:
-        client = ctx.client(generation)
-    except errors.ComfyDied as err:
-        err.before_submit = True  # type: ignore[attr-defined]
+        return sup.ensure_responsive(max(0.0, left), cfg.probe_timeout_s)
+    except errors.ComfyStartError as err:
+        if sup.gave_up:
+            raise
+        raise errors.ComfyTimeout(f"the job timed out after {deadline.timeout_s:g} s (timeout_s) while waiting for "
+                                  "the restarted ComfyUI to retry it", {"waiting_for": "comfy_restart"}) from err
+
+
+def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer,
+            deadline: JobDeadline) -> dict:
+    """Stage the inputs, submit, wait, ship the outputs; always clean the job's files up after."""
+    client = ctx.client(generation)
+    run = _stage(job, raw_job, ctx, client, timer)
+    try:
+        result = _submit_and_wait(job, run, ctx, client, timer, generation, deadline)
+        outputs = run.collector.finish(result.outputs)
+    except BaseException as err:
+        run.collector.abort()
+        if run.prompt_id and isinstance(err, errors.WorkerError):
+            err.details.setdefault("prompt_id", run.prompt_id)
         raise
+    finally:
+        run.progress.close()
+        cleanup_job(run.sub, input_dir=ctx.dirs.input, output_dir=ctx.dirs.output,
+                    extra_files=run.collector.temp_files)
+        if run.prompt_id:
+            _forget_history(ctx, client, run.prompt_id)
+        _maybe_free(ctx, client)
+    return _result_payload(job, ctx, timer, run.prompt_id, outputs, result)
+
+
+def _stage(job: Job, raw_job: dict, ctx: WorkerContext, client: ComfyClient, timer: JobTimer) -> _Attempt:
+    """Input images into a per-job folder, the graph rewritten to them, progress and the output collector."""
+    cfg = ctx.cfg
     sink = make_sink(job.output, cfg, job.id)
     sub = job_subfolder(job.id, os.urandom(3).hex())
     image_map = stage_images(job.images, ctx.dirs.input, sub, cfg, deadline=time.monotonic() + job.timeout_s)
     workflow = rewrite_workflow(job.workflow, image_map, sub)
-
-    sender = None
-    if ctx.progress_sender is not None:
-        send_fn = ctx.progress_sender
-        sender = lambda payload: send_fn(raw_job, payload)  # noqa: E731
+    send = ctx.progress_sender
+    sender = (lambda payload: send(raw_job, payload)) if send is not None else None
     progress = ProgressReporter(sender, interval=cfg.progress_interval_s, node_count=len(workflow))
     uploaded = [0]
 
@@ -272,40 +307,27 @@ def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer:
             return path
         return client.view(item.filename, item.subfolder, item.type)
 
-    collector = OutputCollector(sink, locate, on_uploaded=on_uploaded)
-    on_event = _event_router(workflow, timer, progress, collector)
-    prompt_id = None
-    try:
-        try:
-            prompt_id = client.submit(workflow)
-        except errors.ComfyDied as err:
-            err.before_submit = True  # type: ignore[attr-defined]
-            raise
-        timer.mark("submitted")
-        log.info("job %s: prompt %s submitted (%d nodes)", job.id, prompt_id, len(workflow))
-        deadline = time.monotonic() + job.timeout_s
-        try:
-            result = client.wait(prompt_id, deadline=deadline, on_event=on_event)
-        except errors.ComfyTimeout as err:
-            if _recover_after_timeout(ctx, client, prompt_id):
-                err.args = (f"ComfyUI prompt {prompt_id} did not finish before the job deadline and ignored the "
-                            "interrupt; ComfyUI was restarted",)
-                err.details["comfy_restarted"] = True
-            raise
-        timer.mark("execution_done")
-        outputs = collector.finish(result.outputs)
-    except BaseException as err:
-        collector.abort()
-        if prompt_id and isinstance(err, errors.WorkerError):
-            err.details.setdefault("prompt_id", prompt_id)
-        raise
-    finally:
-        progress.close()
-        cleanup_job(sub, input_dir=ctx.dirs.input, output_dir=ctx.dirs.output, extra_files=collector.temp_files)
-        if prompt_id:
-            _forget_history(ctx, client, prompt_id)
-        _maybe_free(ctx, client)
+    return _Attempt(sub, workflow, progress, OutputCollector(sink, locate, on_uploaded=on_uploaded))
 
+
+def _submit_and_wait(job: Job, run: _Attempt, ctx: WorkerContext, client: ComfyClient, timer: JobTimer,
+                     generation: int, deadline: JobDeadline) -> PromptResult:
+    run.prompt_id = prompt_id = client.submit(run.workflow)
+    timer.mark("submitted")
+    log.info("job %s: prompt %s submitted (%d nodes)", job.id, prompt_id, len(run.workflow))
+    on_event = _event_router(run.workflow, timer, run.progress, run.collector)
+    try:
+        result = client.wait(prompt_id, deadline=deadline.start(), on_event=on_event)
+    except errors.ComfyTimeout as err:
+        recover_after_timeout(err, client=client, supervisor=ctx.supervisor, generation=generation,
+                              deadline=deadline, grace_s=ctx.cfg.interrupt_grace_s)
+        raise
+    timer.mark("execution_done")
+    return result
+
+
+def _result_payload(job: Job, ctx: WorkerContext, timer: JobTimer, prompt_id: str | None, outputs: list,
+                    result: PromptResult) -> dict:
     if timer.phases.get("last_output_uploaded") is None:
         timer.mark("last_output_uploaded")
     payload: dict[str, Any] = {
@@ -317,9 +339,8 @@ def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer:
     }
     if job.template is not None:
         payload["template"] = job.template  # the params used, random seeds resolved
-    node_errors = getattr(result, "node_errors", None)
-    if node_errors:
-        payload["node_errors"] = node_errors  # partially valid prompt: only the valid outputs ran
+    if result.node_errors:
+        payload["node_errors"] = result.node_errors  # partially valid prompt: only the valid outputs ran
     timer.mark("result_returned")
     timings: dict[str, Any] = {**timer.durations(), "phases": timer.phases.snapshot()}
     if not ctx.cold_reported:
@@ -348,32 +369,7 @@ def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, c
     return on_event
 
 
-def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> bool:
-    """After a timeout the client has sent the interrupt; if ComfyUI is still busy, restart it.
-
-    Returns True when ComfyUI was killed. The kill is waited for, so the next job never reaches
-    the dying process (it waits for the restarted one instead).
-    """
-    grace = ctx.cfg.interrupt_grace_s
-    end = time.monotonic() + grace
-    while time.monotonic() < end:
-        try:
-            if client.history(prompt_id):
-                return False
-        except errors.WorkerError:
-            break
-        time.sleep(0.05)
-    sup = ctx.supervisor
-    if sup is not None and sup.proc.alive:
-        log.warning("ComfyUI did not stop prompt %s within %.1f s of the interrupt (COMFY_INTERRUPT_GRACE_S); "
-                    "restarting it", prompt_id, grace)
-        sup.proc.send_signal(9)
-        sup.proc.wait_exit(timeout=10)
-        return True
-    return False
-
-
-def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
+def _forget_history(ctx: WorkerContext, client: ComfyClient, prompt_id: str) -> None:
     """Bound ComfyUI's history: delete our entries in batches (one HTTP call per batch)."""
     ctx._history_ids.append(prompt_id)
     if len(ctx._history_ids) >= HISTORY_DELETE_BATCH:
@@ -384,7 +380,7 @@ def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
             log.warning("could not delete %d history entries: %s", len(ids), err)
 
 
-def _maybe_free(ctx: WorkerContext, client: Any) -> None:
+def _maybe_free(ctx: WorkerContext, client: ComfyClient) -> None:
     """After a job: POST /free when the memory policy says so (rp_handler.memory; default: keep models warm)."""
     cfg = ctx.cfg
     stats: dict[str, Any] = {}
@@ -398,42 +394,10 @@ def _maybe_free(ctx: WorkerContext, client: Any) -> None:
         _free(ctx, client, "memory policy (FREE_EVERY_N_JOBS / FREE_VRAM_BELOW_MB)")
 
 
-def _free(ctx: WorkerContext, client: Any, reason: str) -> None:
+def _free(ctx: WorkerContext, client: ComfyClient, reason: str) -> None:
     log.info("asking ComfyUI to unload models and free memory (%s)", reason)
     ctx.jobs_since_free = 0
     try:
         client.free(unload_models=True, free_memory=True)
     except Exception as err:
         log.warning("POST /free failed: %s", err)
-
-
-def status_payload(ctx: WorkerContext) -> dict:
-    """``{"action": "status"}``: ComfyUI state, version, lock digest (and hooks, e.g. the model cache)."""
-    sup = ctx.supervisor
-    comfy: dict[str, Any] = {"url": ctx.url}
-    if sup is not None:
-        comfy.update(running=sup.proc.alive, ready=sup.ready, pid=sup.proc.pid, restarts=sup.restarts,
-                     generation=sup.generation, gave_up=sup.gave_up)
-        if not sup.proc.alive and sup.last_exit_tail:
-            comfy["log_tail"] = sup.last_exit_tail[-10:]
-    ready = sup.ready if sup is not None else True
-    if ready:
-        try:
-            client = ctx.client(sup.generation if sup is not None else 0)
-            comfy["system_stats"] = client.system_stats()
-        except Exception as err:
-            comfy["error"] = errors.one_line(f"{type(err).__name__}: {err}", 200)
-    payload: dict[str, Any] = {
-        "status": "ready" if ready else "starting",
-        "comfy": comfy,
-        "version": ctx.version_id or None,
-        "lock_digest": ctx.lock_digest,
-        "jobs_done": ctx.jobs_done,
-        "cold_start": COLD.snapshot(),
-    }
-    for hook in ctx.status_hooks:
-        try:
-            payload.update(hook())
-        except Exception as err:
-            log.warning("status hook failed: %s", err)
-    return payload

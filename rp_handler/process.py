@@ -2,26 +2,28 @@
 
 ``ComfyProcess`` is one restartable child (always ``--listen 127.0.0.1``); ``Supervisor`` keeps it
 running on a thread: ready = ``/system_stats`` answered before a deadline while the process is
-alive; an unexpected exit is logged with the child's last lines and followed by a restart, until
-``max_restarts`` is spent, after which the worker asks RunPod to replace it.
+alive; an unexpected exit (a crash) is logged with the child's last lines and followed by a restart.
+``Supervisor.replace`` is a kill the worker makes on purpose (a frozen ComfyUI, a prompt that ignored
+its interrupt): restarted too, but not a crash. More than ``max_restarts`` crashes within
+``crash_window_s``, or two failed boots in a row, mean ComfyUI cannot be kept running: the worker
+then asks RunPod to replace it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import http.client
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from builder import comfyui
+from builder.comfyui import ComfyDirs, free_port  # noqa: F401  (re-exported: the worker's names)
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import ComfyStartError
 from rp_handler.timings import COLD, PhaseClock
@@ -51,12 +53,6 @@ def with_parent_death_signal(cmd: list[str]) -> list[str]:
     return [cmd[0], "-S", "-c", _LAUNCHER, str(os.getpid()), *cmd]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
 
@@ -82,33 +78,6 @@ def without_address_flags(args: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
-class ComfyDirs:
-    """ComfyUI's input/output/temp folders (the worker reads outputs straight from disk)."""
-
-    input: Path
-    output: Path
-    temp: Path
-    user: Path | None = None
-
-    @classmethod
-    def defaults(cls, comfy_home: Path) -> "ComfyDirs":
-        return cls(comfy_home / "input", comfy_home / "output", comfy_home / "temp")
-
-    @classmethod
-    def under(cls, root: Path) -> "ComfyDirs":
-        return cls(root / "input", root / "output", root / "temp", root / "user")
-
-    def args(self) -> list[str]:
-        out = ["--input-directory", str(self.input), "--output-directory", str(self.output),
-               "--temp-directory", str(self.temp)]
-        if self.user is not None:
-            # ComfyUI (a125cd84) keeps its SQLite db at <checkout>/user/comfyui.db by default: workers
-            # sharing a COMFY_HOME on a volume must not share one file, so it goes with the user dir.
-            out += ["--user-directory", str(self.user), "--database-url", f"sqlite:///{self.user}/comfyui.db"]
-        return out
-
-
 class ComfyProcess:
     """One ComfyUI child on 127.0.0.1; ``start`` may be called again after it exits."""
 
@@ -121,7 +90,7 @@ class ComfyProcess:
         self.dirs = dirs
         self.host = host
         chosen = cfg.port if port is None else port
-        self.port = chosen or free_port()
+        self.port = chosen or comfyui.free_port()
         self.extra_args = tuple(cfg.extra_args if extra_args is None else extra_args)
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self._listening = threading.Event()  # ComfyUI printed its "To see the GUI go to" line
@@ -131,20 +100,10 @@ class ComfyProcess:
 
     # --- plan ------------------------------------------------------------------
     def command(self) -> list[str]:
-        cmd = [self.cfg.comfy_python, "-u", str(self.comfy_home / "main.py"),
-               "--listen", self.host, "--port", str(self.port), "--disable-auto-launch"]
-        if self.cfg.force_cpu == "true" or (self.cfg.force_cpu == "auto" and not gpu_present()):
-            cmd.append("--cpu")
-        if self.extra_model_paths is not None:
-            cmd += ["--extra-model-paths-config", str(self.extra_model_paths)]
-        if self.dirs is not None:
-            dir_args = self.dirs.args()
-            if "--database-url" in self.extra_args and "--database-url" in dir_args:  # COMFY_EXTRA_ARGS wins
-                i = dir_args.index("--database-url")
-                del dir_args[i:i + 2]
-            cmd += dir_args
-        cmd += without_address_flags(self.extra_args)
-        return cmd
+        cpu = self.cfg.force_cpu == "true" or (self.cfg.force_cpu == "auto" and not gpu_present())
+        return comfyui.launch_command(self.cfg.comfy_python, self.comfy_home / "main.py", host=self.host,
+                                      port=self.port, cpu=cpu, extra_model_paths=self.extra_model_paths,
+                                      dirs=self.dirs, extra_args=without_address_flags(self.extra_args))
 
     @property
     def url(self) -> str:
@@ -161,9 +120,7 @@ class ComfyProcess:
                                   "(scripts/version.py realize <id>) or set COMFY_HOME",
                                   {"comfy_home": str(self.comfy_home)})
         if self.dirs is not None:
-            for d in (self.dirs.input, self.dirs.output, self.dirs.temp, self.dirs.user):
-                if d is not None:
-                    d.mkdir(parents=True, exist_ok=True)
+            self.dirs.create()
         cmd = self.command()
         log.info("starting ComfyUI: %s", " ".join(cmd))
         self._tail.clear()
@@ -207,49 +164,28 @@ class ComfyProcess:
             self._reader.join(timeout=1.0)  # let the pipe drain after an exit
         return list(self._tail)[-n:]
 
+    @property
+    def _local_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
     def ping(self, timeout: float = 2.0) -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host,
-                                          self.port, timeout=timeout)
-        try:
-            conn.request("GET", "/system_stats")
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+        return comfyui.ping(self._local_host, self.port, timeout)
 
     def wait_ready(self, deadline: float) -> None:
         """Block until /system_stats answers (monotonic ``deadline``), logging while waiting."""
-        started = time.monotonic()
-        next_note = started + 15.0
-        delay = 0.02
-        while True:
-            if not self.alive:
+        try:
+            took = comfyui.wait_ready(self._local_host, self.port, alive=lambda: self.alive, deadline=deadline,
+                                      woken=self._listening, what=f"ComfyUI (pid {self.pid})")
+        except comfyui.NotReady as exc:
+            tail = self.log_tail(20)
+            if exc.exited:
                 rc = self.returncode
-                tail = self.log_tail(20)
                 raise ComfyStartError(
                     f"ComfyUI exited with code {rc} during start-up: {tail[-1] if tail else '(no output)'}",
-                    {"returncode": rc, "log_tail": tail})
-            if self.ping(timeout=min(2.0, max(0.1, deadline - time.monotonic()))):
-                log.info("ComfyUI ready on %s after %.2f s", self.url, time.monotonic() - started)
-                return
-            now = time.monotonic()
-            if now >= deadline:
-                tail = self.log_tail(20)
-                raise ComfyStartError(
-                    f"ComfyUI did not answer /system_stats within {now - started:.0f} s "
-                    "(COMFY_BOOT_TIMEOUT_S)", {"log_tail": tail})
-            if now >= next_note:
-                log.info("still waiting for ComfyUI (pid %s) to answer /system_stats after %.0f s",
-                         self.pid, now - started)
-                next_note = now + 15.0
-            # Woken at once by ComfyUI's "To see the GUI go to" line, else poll every 20-100 ms.
-            if self._listening.wait(min(delay, max(0.0, deadline - now))):
-                self._listening.clear()
-                delay = 0.005
-            delay = min(max(delay, 0.02) * 1.5, 0.1)
+                    {"returncode": rc, "log_tail": tail}) from None
+            raise ComfyStartError(f"ComfyUI did not answer /system_stats within {exc.waited_s:.0f} s "
+                                  "(COMFY_BOOT_TIMEOUT_S)", {"log_tail": tail}) from None
+        log.info("ComfyUI ready on %s after %.2f s", self.url, took)
 
     def send_signal(self, sig: int) -> None:
         if self.alive and self._proc is not None:
@@ -285,12 +221,17 @@ class Supervisor:
     """Keeps ComfyUI up on a thread; counts crashes; gives up after ``max_restarts``."""
 
     def __init__(self, proc: ComfyProcess, *, max_restarts: int, boot_timeout_s: float,
-                 clock: PhaseClock | None = None):
+                 clock: PhaseClock | None = None, crash_window_s: float = 900.0):
         self.proc = proc
         self.max_restarts = max(0, max_restarts)
         self.boot_timeout_s = boot_timeout_s
+        self.crash_window_s = crash_window_s
         self.clock = clock or COLD
-        self.restarts = 0
+        self.restarts = 0  # every restart, crash or not
+        self.crashes: deque[float] = deque()  # monotonic times of crashes within crash_window_s
+        self.kills: dict[int, str] = {}  # generation -> why the worker killed it on purpose
+        self._kill_reason: str | None = None  # set by replace() until the supervisor sees the exit
+        self._failed_boots = 0  # in a row
         self.generation = 0  # +1 each time ComfyUI becomes ready
         self.gave_up = False
         self.last_error: ComfyStartError | None = None
@@ -328,40 +269,70 @@ class Supervisor:
             except ComfyStartError as err:
                 if self._stopping.is_set():
                     break
-                log.error("%s", err)
-                self.last_error = err
                 self.proc.stop(timeout=5)
+                if self._take_kill_reason() is None:  # a kill on purpose during the boot is no failed boot
+                    log.error("%s", err)
+                    self.last_error = err
+                    self._failed_boots += 1
+                    self._count_crash(failed_boot=True)
                 if not self._restart_or_give_up():
                     break
                 continue
+            self._failed_boots = 0
             self.clock.mark("comfy_ready", overwrite=False)
             self._set(True)
             rc = self.proc.wait_exit()
             self._set(False)
             if self._stopping.is_set():
                 break
-            self.last_exit_tail = self.proc.log_tail(40)
-            with self._cond:
-                if self.restarts >= self.max_restarts:
-                    self.gave_up = True  # decided before the dying job reads its death record
-                self.deaths[self.generation] = (rc, self.last_exit_tail)
-                self._cond.notify_all()
-            log.error("ComfyUI exited unexpectedly with code %s; last lines:\n%s", rc,
-                      "\n".join(self.last_exit_tail[-15:]))
-            self.last_error = ComfyStartError(f"ComfyUI exited with code {rc}", {"log_tail": self.last_exit_tail})
+            self._record_exit(rc)
             if not self._restart_or_give_up():
                 break
 
-    def _restart_or_give_up(self) -> bool:
-        if self.restarts >= self.max_restarts:
-            log.error("ComfyUI failed %d time(s), more than COMFY_MAX_RESTARTS=%d allows: asking RunPod for a "
-                      "fresh worker", self.restarts + 1, self.max_restarts)
+    def _record_exit(self, rc: int | None) -> None:
+        """A death record per generation; a crash counts toward giving up, a kill on purpose does not."""
+        self.last_exit_tail = self.proc.log_tail(40)
+        reason = self._take_kill_reason()
+        with self._cond:
+            if reason is None:
+                self._count_crash()  # decided before the dying job reads its death record
+            else:
+                self.kills[self.generation] = reason
+            self.deaths[self.generation] = (rc, self.last_exit_tail)
+            self._cond.notify_all()
+        if reason is not None:
+            log.warning("ComfyUI (killed on purpose: %s) exited with code %s; restarting it", reason, rc)
+            return
+        log.error("ComfyUI exited unexpectedly with code %s; last lines:\n%s", rc,
+                  "\n".join(self.last_exit_tail[-15:]))
+        self.last_error = ComfyStartError(f"ComfyUI exited with code {rc}", {"log_tail": self.last_exit_tail})
+
+    def _count_crash(self, failed_boot: bool = False) -> None:
+        """Note one crash; give up on more than ``max_restarts`` in the window, or a second failed boot in a row."""
+        now = time.monotonic()
+        self.crashes.append(now)
+        while self.crashes and self.crashes[0] < now - self.crash_window_s:
+            self.crashes.popleft()
+        if len(self.crashes) > self.max_restarts or (failed_boot and self._failed_boots >= 2):
             with self._cond:
                 self.gave_up = True
                 self._cond.notify_all()
+
+    def _take_kill_reason(self) -> str | None:
+        with self._cond:
+            reason, self._kill_reason = self._kill_reason, None
+            return reason
+
+    def _restart_or_give_up(self) -> bool:
+        if self.gave_up:
+            why = ("its boot failed twice in a row" if self._failed_boots >= 2 else
+                   f"{len(self.crashes)} crashes within {self.crash_window_s:.0f} s (COMFY_CRASH_WINDOW_S), more "
+                   f"than COMFY_MAX_RESTARTS={self.max_restarts} allows")
+            log.error("ComfyUI cannot be kept running (%s): asking RunPod for a fresh worker", why)
             return False
         self.restarts += 1
-        log.warning("restarting ComfyUI (restart %d of %d)", self.restarts, self.max_restarts)
+        log.warning("restarting ComfyUI (restart %d; %d crash(es) within the last %.0f s, at most %d)",
+                    self.restarts, len(self.crashes), self.crash_window_s, self.max_restarts)
         try:
             self.proc.start()
         except ComfyStartError as err:
@@ -391,6 +362,28 @@ class Supervisor:
                     next_note = now + 15.0
                 self._cond.wait(timeout=min(1.0, deadline - now))
             return self.generation
+
+    def replace(self, generation: int, reason: str, timeout: float = 10.0) -> bool:
+        """Kill ComfyUI incarnation ``generation`` on purpose (SIGKILL: it may be frozen or stopped) and
+        wait for it to exit; the supervisor restarts it without counting a crash. False if it had gone."""
+        with self._cond:
+            if generation != self.generation or generation in self.deaths or not self.proc.alive:
+                return False
+            self._kill_reason = reason
+        log.warning("killing ComfyUI (pid %s): %s; it will be restarted", self.proc.pid, reason)
+        self.proc.send_signal(signal.SIGKILL)
+        self.death_of(generation, timeout)
+        return True
+
+    def ensure_responsive(self, timeout: float, probe_timeout_s: float) -> int:
+        """``ensure_ready``, then a liveness probe (``/system_stats`` within ``probe_timeout_s``): a ComfyUI
+        that stopped answering since it became ready is replaced before a job is given to it."""
+        generation = self.ensure_ready(timeout)
+        if self.proc.ping(timeout=probe_timeout_s):
+            return generation
+        self.replace(generation, f"it did not answer the /system_stats liveness probe within {probe_timeout_s:g} s "
+                                 "(COMFY_PROBE_TIMEOUT_S)")
+        return self.ensure_ready(timeout)
 
     def death_of(self, generation: int, timeout: float) -> tuple[int | None, list[str]] | None:
         """(exit code, last log lines) of the ComfyUI incarnation ``generation`` once it has exited."""
