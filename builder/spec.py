@@ -28,7 +28,7 @@ REPO_KEYS = {"repo", "ref", "commit"}
 NODE_KEYS = REPO_KEYS | {"name", "run_install_py"}
 MODEL_KEYS = {"source", "target_subdir", "target_path", "name", "checksum"}
 OPTION_KEYS = {"offline", "skip_models", "pin_installed", "pip_index_url", "pip_extra_index_urls",
-               "nvme_cache_node", "snapshot_object_info", "warm_models", "limits"}
+               "nvme_cache_node", "snapshot_object_info", "warm_models", "limits", "comfy_api_nodes"}
 # options.limits: the worker's request limits for this version (the stricter of these and LIMIT_* wins).
 LIMIT_KEYS = ("max_pixels", "max_batch", "max_steps", "max_frames", "max_input_bytes")
 NVME_NODE_NAME = "nvme_cache"  # custom_nodes/<this> is the worker's own OnDemand node (builder/extras.py)
@@ -259,7 +259,7 @@ def _check_options(options: Any, out: _Problems) -> None:
         out.add("options", "must be an object")
         return
     _check_keys(options, OPTION_KEYS, "options", out)
-    for key in ("offline", "skip_models", "nvme_cache_node", "snapshot_object_info"):
+    for key in ("offline", "skip_models", "nvme_cache_node", "snapshot_object_info", "comfy_api_nodes"):
         if key in options and not isinstance(options[key], bool):
             out.add(f"options.{key}", "must be true or false")
     warm = options.get("warm_models")  # read by the worker (rp_handler/cache/worker.py), not by realize

@@ -62,6 +62,13 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("COMFY_IO_DIR", "<tmp>/rp_handler-io", "Local folder for ComfyUI's input/output/temp (per-job subfolders)."),
     EnvVar("WAIT_READY_BEFORE_LOOP", "false", "true: start the runpod loop only after ComfyUI is ready (see docs)."),
     EnvVar("WORKER_BOOT_NICE", "0", "Niceness of the worker's own imports while ComfyUI boots (0: off; see docs)."),
+    EnvVar("COMFY_GPU_IMAGE", "true if CUDA_VERSION is set", "true: a GPU image; the fitness checks require a CUDA device unless COMFY_FORCE_CPU=true (nvidia/cuda base images set CUDA_VERSION)."),
+    EnvVar("COMFY_DEPLOY_MODE", "", "baked, hybrid or volume (set by the Dockerfile's final stage); baked: the fitness checks require the version's lock to match its spec."),
+    EnvVar("FITNESS_CHECKS", "true", "false: register none of the worker's fitness checks (they run only in RunPod's job loop)."),
+    EnvVar("FITNESS_WAIT_COMFY", "true", "true: the ComfyUI fitness check waits for its boot, so a host whose ComfyUI cannot start takes no job; false: the first job is taken while ComfyUI boots."),
+    EnvVar("FITNESS_MIN_FREE_OUTPUT_GB", "1", "Free disk (GB) the outputs folder (COMFY_IO_DIR) needs for the fitness check."),
+    EnvVar("FITNESS_MIN_FREE_CACHE_GB", "10", "Free disk (GB) NVME_CACHE_DIR needs for the fitness check (when the cache is on)."),
+    EnvVar("FITNESS_SDK_CHECKS", "false", "true: also run the runpod SDK's automatic system/GPU checks (they import torch in the worker and dial 8.8.8.8, after ComfyUI's boot)."),
 )
 
 ALL_ENV: tuple[EnvVar, ...] = BUILD_ENV + WORKER_ENV
@@ -123,6 +130,33 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class FitnessConfig:
+    enabled: bool = True  # FITNESS_CHECKS
+    gpu_image: bool = False  # COMFY_GPU_IMAGE (default: CUDA_VERSION is set)
+    deploy_mode: str = ""  # COMFY_DEPLOY_MODE
+    wait_comfy: bool = True  # FITNESS_WAIT_COMFY
+    min_free_output_gb: float = 1.0  # FITNESS_MIN_FREE_OUTPUT_GB
+    min_free_cache_gb: float = 10.0  # FITNESS_MIN_FREE_CACHE_GB
+    sdk_checks: bool = False  # FITNESS_SDK_CHECKS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "FitnessConfig":
+        gpu = env.get("COMFY_GPU_IMAGE", "").strip()
+        mode = (env.get("COMFY_DEPLOY_MODE") or "").strip().lower()
+        if mode not in ("", "baked", "hybrid", "volume"):
+            raise ValueError(f"COMFY_DEPLOY_MODE={mode!r} is not one of baked, hybrid, volume; set one or leave it empty")
+        return cls(
+            enabled=truthy(env.get("FITNESS_CHECKS", "true")),
+            gpu_image=truthy(gpu) if gpu else bool(env.get("CUDA_VERSION", "").strip()),
+            deploy_mode=mode,
+            wait_comfy=truthy(env.get("FITNESS_WAIT_COMFY", "true")),
+            min_free_output_gb=max(0.0, _float(env, "FITNESS_MIN_FREE_OUTPUT_GB", 1.0)),
+            min_free_cache_gb=max(0.0, _float(env, "FITNESS_MIN_FREE_CACHE_GB", 10.0)),
+            sdk_checks=truthy(env.get("FITNESS_SDK_CHECKS")),
+        )
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     build: BuildConfig
     version_id: str
@@ -150,6 +184,8 @@ class WorkerConfig:
     wait_ready_before_loop: bool = False  # WAIT_READY_BEFORE_LOOP
     boot_nice: int = 0  # WORKER_BOOT_NICE
     interrupt_grace_s: float = 5.0  # COMFY_INTERRUPT_GRACE_S
+    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    comfy_api_nodes: bool = False  # the version spec's options.comfy_api_nodes (not an env var)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
@@ -211,6 +247,7 @@ class WorkerConfig:
             wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
             boot_nice=max(0, min(19, _int(env, "WORKER_BOOT_NICE", 0))),
             interrupt_grace_s=max(0.0, _float(env, "COMFY_INTERRUPT_GRACE_S", 5.0)),
+            fitness=FitnessConfig.from_env(env),
         )
 
     @property

@@ -191,7 +191,8 @@ def progress_sender() -> Any:
 
 
 def apply_version_limits(cfg: WorkerConfig) -> WorkerConfig:
-    """``cfg`` with the version spec's ``options.limits`` applied (the stricter value wins)."""
+    """``cfg`` with the version spec's ``options.limits`` applied (the stricter value wins) and its
+    ``options.comfy_api_nodes``."""
     import dataclasses
     import json
 
@@ -203,7 +204,10 @@ def apply_version_limits(cfg: WorkerConfig) -> WorkerConfig:
         spec = json.loads(cfg.build.spec_path(cfg.version_id).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return cfg  # no spec here (e.g. volume mode without versions/): env limits only
-    limits = ((spec.get("options") or {}) if isinstance(spec, dict) else {}).get("limits")
+    options = (spec.get("options") or {}) if isinstance(spec, dict) else {}
+    if options.get("comfy_api_nodes") is True:  # ComfyUI's API nodes are off unless the version asks
+        cfg = dataclasses.replace(cfg, comfy_api_nodes=True)
+    limits = options.get("limits")
     if not limits:
         return cfg
     try:
@@ -247,6 +251,9 @@ def main(env: Mapping[str, str] | None = None) -> int:
                             supervisor=sup, progress_sender=progress_sender(), version_id=version,
                             lock_digest=read_lock_digest(cfg.build.lock_path(version)) if version else None)
         attach_cache(ctx, cache, sup)
+        from rp_handler.fitness import register as register_fitness
+
+        register_fitness(cfg, sup, ctx.dirs.output, os.environ)  # run by runpod's job loop before its first job
         ctx.preconnect_when_ready()
         if cfg.wait_ready_before_loop:
             sup.ensure_ready(cfg.boot_timeout_s)
