@@ -62,6 +62,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("COMFY_IO_DIR", "<tmp>/rp_handler-io", "Local folder for ComfyUI's input/output/temp (per-job subfolders)."),
     EnvVar("WAIT_READY_BEFORE_LOOP", "false", "true: start the runpod loop only after ComfyUI is ready (see docs)."),
     EnvVar("WORKER_BOOT_NICE", "0", "Niceness of the worker's own imports while ComfyUI boots (0: off; see docs)."),
+    EnvVar("COMFY_BOOT_GC_THRESHOLD", "100000", "Python's generation-0 GC threshold during ComfyUI's boot only (restored once it listens; 0: start main.py directly)."),
     EnvVar("COMFY_GPU_IMAGE", "true if CUDA_VERSION is set", "true: a GPU image; the fitness checks require a CUDA device unless COMFY_FORCE_CPU=true (nvidia/cuda base images set CUDA_VERSION)."),
     EnvVar("COMFY_DEPLOY_MODE", "", "baked, hybrid or volume (set by the Dockerfile's final stage); baked: the fitness checks require the version's lock to match its spec."),
     EnvVar("FITNESS_CHECKS", "true", "false: register none of the worker's fitness checks (they run only in RunPod's job loop)."),
@@ -185,6 +186,7 @@ class WorkerConfig:
     boot_nice: int = 0  # WORKER_BOOT_NICE
     interrupt_grace_s: float = 5.0  # COMFY_INTERRUPT_GRACE_S
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    boot_gc_threshold: int = 100_000  # COMFY_BOOT_GC_THRESHOLD
     comfy_api_nodes: bool = False  # the version spec's options.comfy_api_nodes (not an env var)
 
     @classmethod
@@ -248,6 +250,7 @@ class WorkerConfig:
             boot_nice=max(0, min(19, _int(env, "WORKER_BOOT_NICE", 0))),
             interrupt_grace_s=max(0.0, _float(env, "COMFY_INTERRUPT_GRACE_S", 5.0)),
             fitness=FitnessConfig.from_env(env),
+            boot_gc_threshold=max(0, _int(env, "COMFY_BOOT_GC_THRESHOLD", 100_000)),
         )
 
     @property

@@ -51,6 +51,7 @@ def gpu_present() -> bool:
 
 
 _OWNED_FLAGS = ("--listen", "--port")
+LAUNCHER = Path(__file__).resolve().parent / "comfy_launch.py"
 
 
 def without_address_flags(args: tuple[str, ...] | list[str]) -> list[str]:
@@ -120,8 +121,11 @@ class ComfyProcess:
 
     # --- plan ------------------------------------------------------------------
     def command(self) -> list[str]:
-        cmd = [self.cfg.comfy_python, "-u", str(self.comfy_home / "main.py"),
-               "--listen", self.host, "--port", str(self.port), "--disable-auto-launch"]
+        cmd = [self.cfg.comfy_python, "-u"]
+        if self.cfg.boot_gc_threshold > 0:  # fewer GC passes during the boot (rp_handler/comfy_launch.py)
+            cmd += [str(LAUNCHER), str(self.cfg.boot_gc_threshold)]
+        cmd += [str(self.comfy_home / "main.py"), "--listen", self.host, "--port", str(self.port),
+                "--disable-auto-launch"]
         if self.cfg.force_cpu == "true" or (self.cfg.force_cpu == "auto" and not gpu_present()):
             cmd.append("--cpu")
         if not self.cfg.comfy_api_nodes:  # ~1.2 s of boot; a spec opts in with options.comfy_api_nodes
