@@ -189,9 +189,7 @@ def register(cfg: WorkerConfig, sup: Any, outputs: Path, environ: MutableMapping
     """
     from runpod.serverless import register_fitness_check
 
-    if not cfg.fitness.sdk_checks:
-        environ.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
-        environ.setdefault("RUNPOD_SKIP_GPU_CHECK", "true")
+    environ.update(cfg.fitness.sdk_env)
     checks = plan_checks(cfg, sup, outputs)
     for check in checks:
         register_fitness_check(check)
