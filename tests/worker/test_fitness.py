@@ -183,3 +183,21 @@ def test_sdk_loop_refuses_work_without_disk(tmp_path, tiny_home):
     proc, takes = _run_worker(tmp_path, tiny_home, FITNESS_MIN_FREE_OUTPUT_GB="1000000")
     assert proc.returncode == 1 and takes == 0, proc.stdout[-3000:]
     assert "free_disk | FitnessError: not enough free disk" in _failure_line(proc)
+
+
+def test_register_with_the_sdk_and_switch_off_its_own_checks(tmp_path):
+    from runpod.serverless.modules import rp_fitness
+
+    from rp_handler.fitness import register
+
+    environ: dict[str, str] = {"RUNPOD_SKIP_GPU_CHECK": "false"}  # an explicit choice is kept
+    cfg = make_cfg(tmp_path, **environ)
+    try:
+        names = register(cfg, None, tmp_path, environ)
+        assert names == ["free_disk", "comfyui"]  # that the SDK runs them: the job-loop tests above
+    finally:
+        rp_fitness.clear_fitness_checks()
+    assert environ == {"RUNPOD_SKIP_GPU_CHECK": "false", "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}
+    environ = {}
+    register(make_cfg(tmp_path, FITNESS_SDK_CHECKS="true", FITNESS_CHECKS="false"), None, tmp_path, environ)
+    assert environ == {}
