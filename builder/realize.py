@@ -54,6 +54,7 @@ class RealizeOptions:
     snapshot_object_info: bool = False  # also when the spec sets options.snapshot_object_info
     snapshot_timeout_s: float = 300.0
     bytecode: bool = True  # compile ComfyUI, nodes and site-packages to .pyc (--no-bytecode: off)
+    pyc_mode: str = "checked-hash"  # --pyc-mode / PYC_MODE: unchecked-hash for an image, checked-hash elsewhere
 
 
 @dataclass
@@ -425,7 +426,8 @@ def realize(cfg: BuildConfig, spec: Spec, opts: RealizeOptions) -> RealizeResult
     opts = replace(opts, offline=offline)
     lock, lock_written = ensure_lock(cfg, spec, offline=offline, write=not opts.dry_run)
     home = (opts.target or cfg.comfy_home_for(spec.version_id)).expanduser().absolute()
-    flags = Flags(offline=offline, force=opts.force, skip_models=opts.skip_models, bytecode=opts.bytecode)
+    flags = Flags(offline=offline, force=opts.force, skip_models=opts.skip_models, bytecode=opts.bytecode,
+                  bytecode_mode=opts.pyc_mode)
     plan = make_plan(spec, lock, observe(cfg, spec, lock, home, opts), flags)
     result = RealizeResult(home=home, lock_path=cfg.lock_path(spec.version_id), plan=plan, lock_written=lock_written,
                            dry_run=opts.dry_run)
