@@ -62,7 +62,7 @@ def gpu_present() -> bool:
 
 
 _OWNED_FLAGS = ("--listen", "--port")
-LAUNCHER = Path(__file__).resolve().parent / "comfy_launch.py"
+BOOT_LAUNCHER = Path(__file__).resolve().parent / "comfy_launch.py"
 
 
 def without_address_flags(args: tuple[str, ...] | list[str]) -> list[str]:
@@ -134,7 +134,7 @@ class ComfyProcess:
     def command(self) -> list[str]:
         cmd = [self.cfg.comfy_python, "-u"]
         if self.cfg.boot_gc_threshold > 0:  # fewer GC passes during the boot (rp_handler/comfy_launch.py)
-            cmd += [str(LAUNCHER), str(self.cfg.boot_gc_threshold)]
+            cmd += [str(BOOT_LAUNCHER), str(self.cfg.boot_gc_threshold)]
         cmd += [str(self.comfy_home / "main.py"), "--listen", self.host, "--port", str(self.port),
                 "--disable-auto-launch"]
         if self.cfg.force_cpu == "true" or (self.cfg.force_cpu == "auto" and not gpu_present()):

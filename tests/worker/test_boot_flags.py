@@ -15,7 +15,7 @@ import pytest
 from builder.errors import SpecError
 from builder.spec import load_spec
 from rp_handler.main import apply_version_limits
-from rp_handler.process import LAUNCHER, ComfyProcess, free_port
+from rp_handler.process import BOOT_LAUNCHER, ComfyProcess, free_port
 from tests.worker.conftest import make_cfg
 
 SPEC = {"schema_version": 2, "version_id": "flags", "comfy": {"repo": "https://github.com/comfyanonymous/ComfyUI",
@@ -43,9 +43,9 @@ def test_spec_validates_comfy_api_nodes(tmp_path):
 
 def test_launcher_in_the_command_line(tmp_path):
     cmd = ComfyProcess(make_cfg(), tmp_path).command()
-    assert cmd[2:5] == [str(LAUNCHER), "100000", str(tmp_path / "main.py")]
+    assert cmd[2:5] == [str(BOOT_LAUNCHER), "100000", str(tmp_path / "main.py")]
     direct = ComfyProcess(make_cfg(COMFY_BOOT_GC_THRESHOLD="0"), tmp_path).command()
-    assert direct[2] == str(tmp_path / "main.py") and str(LAUNCHER) not in direct
+    assert direct[2] == str(tmp_path / "main.py") and str(BOOT_LAUNCHER) not in direct
 
 
 PROBE = '''
@@ -65,7 +65,7 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 def test_launcher_runs_main_like_python_and_restores_the_threshold(tmp_path):
     (tmp_path / "main.py").write_text(PROBE)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-u", str(LAUNCHER), "100000", str(tmp_path / "main.py"),
+    proc = subprocess.Popen([sys.executable, "-u", str(BOOT_LAUNCHER), "100000", str(tmp_path / "main.py"),
                              "--port", str(port)], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 20
