@@ -153,9 +153,9 @@ def _run_worker(tmp_path: Path, home: Path, **env: str) -> tuple[subprocess.Comp
     api = FakeRunPodApi()
     api.queue("job-1", {"workflow": {}})
     full = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
-    full.update(PYTHONPATH=str(REPO), COMFY_HOME=str(home), COMFY_PORT="0", COMFY_FORCE_CPU="true",
-                COMFY_CACHE_ROOT=str(tmp_path / "cache"), COMFY_IO_DIR=str(tmp_path / "io"), PYTHONUNBUFFERED="1",
-                **api.env(), **env)
+    full.update({"PYTHONPATH": str(REPO), "COMFY_HOME": str(home), "COMFY_PORT": "0", "COMFY_FORCE_CPU": "true",
+                 "COMFY_CACHE_ROOT": str(tmp_path / "cache"), "COMFY_IO_DIR": str(tmp_path / "io"),
+                 "PYTHONUNBUFFERED": "1", **api.env(), **env})
     try:
         proc = subprocess.run([sys.executable, "-m", "rp_handler"], cwd=tmp_path, env=full, capture_output=True,
                               text=True, timeout=120)
