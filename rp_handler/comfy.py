@@ -105,7 +105,7 @@ class _Http:
 
 
 class ComfyClient:
-    """Talks to one ComfyUI. Not for concurrent jobs: one wait() at a time."""
+    """Talks to one ComfyUI. One job at a time (rp_handler.clients gives each job in flight its own)."""
 
     def __init__(self, base_url: str, *, client_id: str | None = None, http_timeout: float = 30,
                  alive: Callable[[], bool] | None = None, died_grace_s: float = 1.0,
@@ -409,9 +409,19 @@ class ComfyClient:
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
 
+    def wake(self) -> None:
+        """Wake a ``wait`` now (e.g. its job was stopped) instead of at its next poll."""
+        with self._cv:
+            self._cv.notify_all()
+
     def wait(self, prompt_id: str, *, deadline: float,
-             on_event: Callable[[Event], None] | None = None) -> PromptResult:
-        """Wait for the final ``executing(node=None)`` of ``prompt_id`` (``deadline`` is monotonic)."""
+             on_event: Callable[[Event], None] | None = None,
+             stopped: Callable[[], bool] | None = None) -> PromptResult:
+        """Wait for the final ``executing(node=None)`` of ``prompt_id`` (``deadline`` is monotonic).
+
+        ``stopped``: when it returns True the wait ends with ``errors.Cancelled`` (the caller has
+        stopped the prompt; ``wake`` makes the wait notice at once).
+        """
         events: list[Event] = []
         started = finished = None
         failure: Event | None = None
@@ -423,6 +433,10 @@ class ComfyClient:
         done = False
         while not done:
             now = time.monotonic()
+            if stopped is not None and stopped():
+                self._abandon(prompt_id)
+                raise errors.Cancelled(f"the job was stopped while ComfyUI prompt {prompt_id} was queued or ran",
+                                       {"prompt_id": prompt_id})
             if now >= deadline:
                 self._on_deadline(prompt_id, deadline)
             if self._ws_dead:
@@ -490,6 +504,11 @@ class ComfyClient:
         if failure is not None:
             raise _failure_error(prompt_id, failure)
         return result
+
+    def _abandon(self, prompt_id: str) -> None:
+        with self._cv:
+            self._buffers.pop(prompt_id, None)
+        self.partial_node_errors.pop(prompt_id, None)
 
     def _poll_history(self, prompt_id: str, deadline: float) -> dict:
         return self.history(prompt_id, timeout=max(1.0, min(self.http_timeout, deadline - time.monotonic())))

@@ -150,6 +150,7 @@ class WorkerConfig:
     wait_ready_before_loop: bool = False  # WAIT_READY_BEFORE_LOOP
     boot_nice: int = 0  # WORKER_BOOT_NICE
     interrupt_grace_s: float = 5.0  # COMFY_INTERRUPT_GRACE_S
+    job_concurrency: int = 1  # JOB_CONCURRENCY: jobs in flight at once (runpod's concurrency_modifier)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
@@ -211,6 +212,7 @@ class WorkerConfig:
             wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
             boot_nice=max(0, min(19, _int(env, "WORKER_BOOT_NICE", 0))),
             interrupt_grace_s=max(0.0, _float(env, "COMFY_INTERRUPT_GRACE_S", 5.0)),
+            job_concurrency=max(1, min(4, _int(env, "JOB_CONCURRENCY", 1))),
         )
 
     @property

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rp_handler import errors
+from rp_handler.cancel import JobControl, stop_prompt, wait_off_queue
+from rp_handler.clients import ClientPool
 from rp_handler.config import WorkerConfig
 from rp_handler.events import Executed, Executing, ExecutionCached, Progress
 from rp_handler.inputs import cleanup_job, job_subfolder, rewrite_workflow, stage_images
@@ -65,19 +67,27 @@ class WorkerContext:
     jobs_done: int = 0
     jobs_since_free: int = 0
     cold_reported: bool = False
-    _client: Any = None
-    _client_generation: int = -1
     _history_ids: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    clients: ClientPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # One connected client (keep-alive HTTP + websocket) per job in flight, per ComfyUI incarnation.
+        self.clients = ClientPool(lambda: self.client_factory(self.url))
 
     @property
     def url(self) -> str:
         return self.supervisor.proc.url if self.supervisor is not None else self.base_url
 
-    def client(self, generation: int) -> Any:
-        """One client (keep-alive HTTP + websocket) per ComfyUI incarnation."""
+    def count_job(self) -> None:
         with self._lock:
-            return self._client_locked(generation)
+            self.jobs_done += 1
+
+    def first_result(self) -> bool:
+        """True once: for the job whose result carries the cold-start timings."""
+        with self._lock:
+            first, self.cold_reported = not self.cold_reported, True
+            return first
 
     def preconnect_when_ready(self) -> None:
         """Open the client on a thread as soon as ComfyUI is ready, so the first job finds it connected."""
@@ -87,34 +97,23 @@ class WorkerContext:
 
         def run() -> None:
             try:
-                self.client(sup.ensure_ready(self.cfg.boot_timeout_s))
+                with self.clients.lease(sup.ensure_ready(self.cfg.boot_timeout_s)):
+                    pass
             except Exception as err:  # the first job reports it properly
                 log.debug("pre-connect to ComfyUI failed: %s", err)
 
         threading.Thread(target=run, name="comfy-preconnect", daemon=True).start()
 
-    def _client_locked(self, generation: int) -> Any:
-        if self._client is None or generation != self._client_generation:
-            if self._client is not None:
-                try:
-                    self._client.close()
-                except Exception:  # the old server is gone; nothing to save
-                    pass
-            self._client = self.client_factory(self.url)
-            self._client_generation = generation
-        return self._client
-
     def close(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:
-                pass
-            self._client = None
+        self.clients.close()
 
 
-def handle(job: dict, ctx: WorkerContext) -> dict:
-    """RunPod handler body (plain function: runpod's test_input path never runs generator handlers)."""
+def handle(job: dict, ctx: WorkerContext, control: JobControl | None = None) -> dict:
+    """RunPod handler body, blocking (``main`` runs it on a thread via ``cancel.run_cancellable``).
+
+    ``control``: the job's stop flag; a stopped job ends with ``errors.Cancelled``, its prompt stopped.
+    """
+    control = control or JobControl()
     job_id = str(job.get("id") or "local")
     token = current_job.set(job_id)
     timer = JobTimer(job_id)
@@ -128,13 +127,13 @@ def handle(job: dict, ctx: WorkerContext) -> dict:
         if ctx.cache is not None:
             cached = True
             ctx.cache.before_job(job_id, parsed.workflow)  # copies overlap ComfyUI's boot and the job
-        cold = not ctx.cold_reported
-        result = run_job(parsed, job, ctx, timer)
+        result = run_job(parsed, job, ctx, timer, control)
         if cached:
-            ctx.cache.after_job(job_id, result, timer, cold=cold)
+            ctx.cache.after_job(job_id, result, timer, cold="cold_start" in result.get("timings", {}))
         status = "ok"
         return result
     except errors.WorkerError as err:
+        status = "cancelled" if isinstance(err, errors.Cancelled) else status
         _attach_comfy_state(err, ctx, getattr(err, "comfy_generation", None))
         log.error("job %s failed: %s", job_id, err)
         return _cache_error(_error_payload(err, ctx, timer), ctx, job_id, cached)
@@ -144,7 +143,7 @@ def handle(job: dict, ctx: WorkerContext) -> dict:
     finally:
         if cached:
             ctx.cache.release(job_id)
-        ctx.jobs_done += 1
+        ctx.count_job()
         timer.mark("result_returned")
         timer.log_line(status=status)
         current_job.reset(token)
@@ -195,21 +194,23 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
     err.args = (f"{err} (ComfyUI exited with code {rc}; last log line: {errors.one_line(last, 200)})",)
 
 
-def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
+def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, control: JobControl | None = None) -> dict:
     """Run ``job``; a transient failure (ComfyUI died, out of memory) gets one more attempt (JOB_RETRIES).
 
     Validation errors are never retried.  A retried job's result lists what the first attempt hit
     under ``retried`` (with ComfyUI's log tail when it died).
     """
     cfg = ctx.cfg
+    control = control or JobControl()
     failures: list[dict] = []
     state: dict[str, Any] = {}
 
     def attempt() -> dict:
+        control.check()
         generation = ctx.supervisor.ensure_ready(cfg.boot_timeout_s) if ctx.supervisor is not None else 0
         state["generation"] = generation
         try:
-            return _run_on(generation, job, raw_job, ctx, timer)
+            return _run_on(generation, job, raw_job, ctx, timer, control)
         except errors.WorkerError as err:
             err.comfy_generation = generation  # type: ignore[attr-defined]
             sup = ctx.supervisor
@@ -226,7 +227,8 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
             _attach_comfy_state(err, ctx, generation)
             failures.append(errors.to_payload(err))
         if isinstance(err, errors.OutOfMemory):
-            _free(ctx, ctx.client(generation), "out of memory: freeing before the retry")
+            with ctx.clients.lease(generation) as client:
+                _free(ctx, client, "out of memory: freeing before the retry")
         elif isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and ctx.supervisor is not None:
             ctx.supervisor.death_of(generation, timeout=5.0)  # the retry waits for the restarted ComfyUI
 
@@ -241,30 +243,27 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
     return result
 
 
-def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
-    cfg = ctx.cfg
+def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer,
+            control: JobControl) -> dict:
+    """One attempt on ComfyUI incarnation ``generation``, with a client of its own for the attempt."""
     try:
-        client = ctx.client(generation)
+        client = ctx.clients.acquire(generation)
     except errors.ComfyDied as err:
         err.before_submit = True  # type: ignore[attr-defined]
         raise
+    try:
+        return _execute(client, job, raw_job, ctx, timer, control)
+    finally:
+        ctx.clients.release(client, generation)
+
+
+def _execute(client: Any, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, control: JobControl) -> dict:
+    cfg = ctx.cfg
     sink = make_sink(job.output, cfg, job.id)
     sub = job_subfolder(job.id, os.urandom(3).hex())
     image_map = stage_images(job.images, ctx.dirs.input, sub, cfg)
     workflow = rewrite_workflow(job.workflow, image_map, sub)
-
-    sender = None
-    if ctx.progress_sender is not None:
-        send_fn = ctx.progress_sender
-        sender = lambda payload: send_fn(raw_job, payload)  # noqa: E731
-    progress = ProgressReporter(sender, interval=cfg.progress_interval_s, node_count=len(workflow))
-    uploaded = [0]
-
-    def on_uploaded() -> None:
-        uploaded[0] += 1
-        timer.mark("first_output_uploaded", first=True)
-        timer.mark("last_output_uploaded")
-        progress.uploading(uploaded[0])
+    progress = _progress_reporter(raw_job, ctx, len(workflow))
 
     def locate(item: OutputFile):
         path = local_path(item, output_dir=ctx.dirs.output, temp_dir=ctx.dirs.temp, input_dir=ctx.dirs.input)
@@ -272,40 +271,97 @@ def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer:
             return path
         return client.view(item.filename, item.subfolder, item.type)
 
-    collector = OutputCollector(sink, locate, on_uploaded=on_uploaded)
-    on_event = _event_router(workflow, timer, progress, collector)
+    collector = OutputCollector(sink, locate, on_uploaded=_upload_counter(timer, progress))
+    unhook = [control.on_stop(collector.cancel), control.on_stop(client.wake)]
     prompt_id = None
     try:
-        try:
-            prompt_id = client.submit(workflow)
-        except errors.ComfyDied as err:
-            err.before_submit = True  # type: ignore[attr-defined]
-            raise
-        timer.mark("submitted")
-        log.info("job %s: prompt %s submitted (%d nodes)", job.id, prompt_id, len(workflow))
-        deadline = time.monotonic() + job.timeout_s
-        try:
-            result = client.wait(prompt_id, deadline=deadline, on_event=on_event)
-        except errors.ComfyTimeout as err:
-            if _recover_after_timeout(ctx, client, prompt_id):
-                err.args = (f"ComfyUI prompt {prompt_id} did not finish before the job deadline and ignored the "
-                            "interrupt; ComfyUI was restarted",)
-                err.details["comfy_restarted"] = True
-            raise
+        control.check()
+        prompt_id = _submit(client, workflow, job, timer, control)
+        result = _wait(client, prompt_id, job, ctx, control,
+                       on_event=_event_router(workflow, timer, progress, collector))
         timer.mark("execution_done")
         outputs = collector.finish(result.outputs)
+        control.check()
     except BaseException as err:
         collector.abort()
-        if prompt_id and isinstance(err, errors.WorkerError):
-            err.details.setdefault("prompt_id", prompt_id)
-        raise
+        raise _job_error(err, prompt_id, control)
     finally:
+        for remove in unhook:
+            remove()
         progress.close()
         cleanup_job(sub, input_dir=ctx.dirs.input, output_dir=ctx.dirs.output, extra_files=collector.temp_files)
         if prompt_id:
             _forget_history(ctx, client, prompt_id)
         _maybe_free(ctx, client)
+    return _result_payload(prompt_id, outputs, result, job, ctx, timer)
 
+
+def _job_error(err: BaseException, prompt_id: str | None, control: JobControl) -> BaseException:
+    """What the attempt raises: a stopped job's failure (an interrupt, a dropped upload) is ``Cancelled``."""
+    if control.stopped and isinstance(err, Exception) and not isinstance(err, errors.Cancelled):
+        stopped = control.error()
+        stopped.__cause__ = err
+        err = stopped
+    if prompt_id and isinstance(err, errors.WorkerError):
+        err.details.setdefault("prompt_id", prompt_id)
+    return err
+
+
+def _progress_reporter(raw_job: dict, ctx: WorkerContext, node_count: int) -> ProgressReporter:
+    sender = None
+    if ctx.progress_sender is not None:
+        send_fn = ctx.progress_sender
+        sender = lambda payload: send_fn(raw_job, payload)  # noqa: E731
+    return ProgressReporter(sender, interval=ctx.cfg.progress_interval_s, node_count=node_count)
+
+
+def _upload_counter(timer: JobTimer, progress: ProgressReporter) -> Callable[[], None]:
+    uploaded = [0]
+    lock = threading.Lock()
+
+    def on_uploaded() -> None:
+        with lock:
+            uploaded[0] += 1
+            done = uploaded[0]
+        timer.mark("first_output_uploaded", first=True)
+        timer.mark("last_output_uploaded")
+        progress.uploading(done)
+
+    return on_uploaded
+
+
+def _submit(client: Any, workflow: dict, job: Job, timer: JobTimer, control: JobControl) -> str:
+    """POST the prompt under an id registered with ``control`` first, so a stop always finds it."""
+    try:
+        prompt_id = client.submit(workflow, prompt_id=control.new_prompt(client.base_url))
+    except errors.ComfyDied as err:
+        err.before_submit = True  # type: ignore[attr-defined]
+        raise
+    timer.mark("submitted")
+    log.info("job %s: prompt %s submitted (%d nodes)", job.id, prompt_id, len(workflow))
+    control.submitted()
+    return prompt_id
+
+
+def _wait(client: Any, prompt_id: str, job: Job, ctx: WorkerContext, control: JobControl, *, on_event) -> Any:
+    deadline = time.monotonic() + job.timeout_s
+    try:
+        return client.wait(prompt_id, deadline=deadline, on_event=on_event, stopped=lambda: control.stopped)
+    except errors.Cancelled:
+        # Stopped by RunPod: the prompt was removed or interrupted; it must end before the next job.
+        if _recover_after_timeout(ctx, client, prompt_id):
+            log.warning("prompt %s ignored the stop; ComfyUI was restarted", prompt_id)
+        raise
+    except errors.ComfyTimeout as err:
+        if _recover_after_timeout(ctx, client, prompt_id):
+            err.args = (f"ComfyUI prompt {prompt_id} did not finish before the job deadline and ignored the "
+                        "interrupt; ComfyUI was restarted",)
+            err.details["comfy_restarted"] = True
+        raise
+
+
+def _result_payload(prompt_id: str, outputs: list, result: Any, job: Job, ctx: WorkerContext,
+                    timer: JobTimer) -> dict:
     if timer.phases.get("last_output_uploaded") is None:
         timer.mark("last_output_uploaded")
     payload: dict[str, Any] = {
@@ -322,8 +378,7 @@ def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer:
         payload["node_errors"] = node_errors  # partially valid prompt: only the valid outputs ran
     timer.mark("result_returned")
     timings: dict[str, Any] = {**timer.durations(), "phases": timer.phases.snapshot()}
-    if not ctx.cold_reported:
-        ctx.cold_reported = True
+    if ctx.first_result():
         timings["cold_start"] = {**COLD.snapshot(), **timer.phases.snapshot()}
     payload["timings"] = timings
     return payload
@@ -349,22 +404,19 @@ def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, c
 
 
 def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> bool:
-    """After a timeout the client has sent the interrupt; if ComfyUI is still busy, restart it.
+    """After a timeout or a stop our prompt was interrupted (or removed from the queue); if it still
+    runs after COMFY_INTERRUPT_GRACE_S, restart ComfyUI. Another job's prompt running is no reason to.
 
     Returns True when ComfyUI was killed. The kill is waited for, so the next job never reaches
     the dying process (it waits for the restarted one instead).
     """
     grace = ctx.cfg.interrupt_grace_s
-    end = time.monotonic() + grace
-    while time.monotonic() < end:
-        try:
-            if client.history(prompt_id):
-                return False
-        except errors.WorkerError:
-            break
-        time.sleep(0.05)
+    state = wait_off_queue(client, prompt_id, grace)
+    if state == "pending":  # queued behind another job's prompt: remove it again, nothing to restart
+        stop_prompt(client.base_url, prompt_id)
+        return False
     sup = ctx.supervisor
-    if sup is not None and sup.proc.alive:
+    if state in ("running", "unreachable") and sup is not None and sup.proc.alive:
         log.warning("ComfyUI did not stop prompt %s within %.1f s of the interrupt (COMFY_INTERRUPT_GRACE_S); "
                     "restarting it", prompt_id, grace)
         sup.proc.send_signal(9)
@@ -375,9 +427,12 @@ def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> b
 
 def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
     """Bound ComfyUI's history: delete our entries in batches (one HTTP call per batch)."""
-    ctx._history_ids.append(prompt_id)
-    if len(ctx._history_ids) >= HISTORY_DELETE_BATCH:
-        ids, ctx._history_ids = ctx._history_ids, []
+    with ctx._lock:
+        ctx._history_ids.append(prompt_id)
+        ids: list[str] = []
+        if len(ctx._history_ids) >= HISTORY_DELETE_BATCH:
+            ids, ctx._history_ids = ctx._history_ids, []
+    if ids:
         try:
             client.delete_history(ids)
         except Exception as err:
@@ -419,8 +474,8 @@ def status_payload(ctx: WorkerContext) -> dict:
     ready = sup.ready if sup is not None else True
     if ready:
         try:
-            client = ctx.client(sup.generation if sup is not None else 0)
-            comfy["system_stats"] = client.system_stats()
+            with ctx.clients.lease(sup.generation if sup is not None else 0) as client:
+                comfy["system_stats"] = client.system_stats()
         except Exception as err:
             comfy["error"] = errors.one_line(f"{type(err).__name__}: {err}", 200)
     payload: dict[str, Any] = {

@@ -234,6 +234,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     try:
         # Everything below overlaps ComfyUI's boot: the handler stack, the ComfyUI client, the
         # output library in use, and the runpod SDK (about 2 s).
+        from rp_handler.cancel import run_cancellable
         from rp_handler.handler import WorkerContext, handle, read_lock_digest
 
         with yield_cpu_to_comfyui(cfg.boot_nice):
@@ -253,7 +254,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
         chained = {"done": False}
 
         def chain_sigterm(concurrency: int) -> int:
-            # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler.
+            # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler;
+            # its answer is how many jobs the loop keeps in flight (JOB_CONCURRENCY).
             if not chained["done"]:
                 chained["done"] = True
                 previous = signal.getsignal(signal.SIGTERM)
@@ -262,11 +264,12 @@ def main(env: Mapping[str, str] | None = None) -> int:
                         sup.forward_signal(signum)
                         previous(signum, frame)
                     signal.signal(signal.SIGTERM, forward_then_runpod)
-            return concurrency
+            return cfg.job_concurrency
 
-        def handler(job: dict) -> dict:
+        async def handler(job: dict) -> dict:
+            # The job runs on a thread: the loop stays free to see RunPod's stop (rp_handler.cancel).
             assert ctx is not None
-            return handle(job, ctx)
+            return await run_cancellable(lambda control: handle(job, ctx, control))
 
         COLD.mark("loop_started")
         runpod.serverless.start({"handler": handler, "concurrency_modifier": chain_sigterm})
