@@ -140,7 +140,8 @@ class JobControl:
                 log.warning("stop hook failed: %s", err)
 
 
-async def run_cancellable(work: Callable[[JobControl], T], *, cleanup_wait_s: float = CLEANUP_WAIT_S) -> T:
+async def run_cancellable(work: Callable[[JobControl], T], *, job_id: str = "-",
+                          cleanup_wait_s: float = CLEANUP_WAIT_S) -> T:
     """Run ``work(control)`` on a thread; when this task is cancelled, stop it and wait for its cleanup.
 
     The thread runs in a copy of the caller's context (the job id of log records).
@@ -152,7 +153,7 @@ async def run_cancellable(work: Callable[[JobControl], T], *, cleanup_wait_s: fl
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        log.warning("RunPod stopped the job: stopping its prompt")
+        log.warning("RunPod stopped job %s: stopping its prompt", job_id)
         await loop.run_in_executor(None, control.stop)
         try:
             await asyncio.wait_for(asyncio.shield(future), cleanup_wait_s)

@@ -269,7 +269,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         async def handler(job: dict) -> dict:
             # The job runs on a thread: the loop stays free to see RunPod's stop (rp_handler.cancel).
             assert ctx is not None
-            return await run_cancellable(lambda control: handle(job, ctx, control))
+            return await run_cancellable(lambda control: handle(job, ctx, control), job_id=str(job.get("id")))
 
         COLD.mark("loop_started")
         runpod.serverless.start({"handler": handler, "concurrency_modifier": chain_sigterm})
