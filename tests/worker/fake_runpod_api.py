@@ -23,6 +23,7 @@ class FakeRunPodApi:
         self.results: dict[str, dict] = {}  # job id -> final result body
         self.result_times: dict[str, float] = {}  # job id -> time.monotonic() the result arrived
         self.progress: dict[str, list] = {}  # job id -> IN_PROGRESS outputs in arrival order
+        self.progress_at: dict[str, list[float]] = {}  # job id -> time.monotonic() each arrived
         self.takes = 0
         self.to_stop: list[str] = []
         self.stop_times: dict[str, float] = {}  # job id -> time.time() the stop signal was answered
@@ -86,6 +87,7 @@ class FakeRunPodApi:
                 with outer._cond:
                     if data.get("status") == "IN_PROGRESS":
                         outer.progress.setdefault(job_id, []).append(data.get("output"))
+                        outer.progress_at.setdefault(job_id, []).append(time.monotonic())
                     else:
                         outer.results[job_id] = data
                         outer.result_times[job_id] = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -63,6 +64,32 @@ def interrupted_prompts(history: dict) -> dict[str, float]:
 def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:16]
     return struct.unpack(">II", data[16:24])
+
+
+def blur_chain(n: int, color: int, size: int) -> dict:
+    wf = {"0": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": color}}}
+    for i in range(1, n + 1):
+        wf[str(i)] = {"class_type": "ImageBlur", "inputs": {"image": [str(i - 1), 0], "blur_radius": 9, "sigma": 3.0}}
+    wf[str(n + 1)] = {"class_type": "SaveImage", "inputs": {"images": [str(n), 0], "filename_prefix": "stopme"}}
+    return wf
+
+
+def small_job(color: int) -> dict:
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": color}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "next"}}}
+
+
+def worker_env_for(home: Path, python: str, root: Path, api_env: dict[str, str], real: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    env.update(PYTHONPATH=str(REPO), COMFY_HOME=str(home), COMFY_PYTHON=python, COMFY_FORCE_CPU="true",
+               COMFY_IO_DIR=str(root / "io"), COMFY_CACHE_ROOT=str(root / "cache"), HOME=str(root),
+               MODELS_DIR=str(root / "models"), PROGRESS_INTERVAL_S="0", COMFY_BOOT_TIMEOUT_S="240", **api_env)
+    if real:
+        env["COMFY_EXTRA_ARGS"] = f"--database-url sqlite:///{root / 'io' / 'user' / 'comfyui.db'}"
+    else:
+        env["FAKE_COMFY_FAULTS"] = json.dumps({"class_delay_s": {"ImageBlur": 0.25}})
+    return env
 
 
 @contextlib.contextmanager
