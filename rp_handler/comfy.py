@@ -486,7 +486,14 @@ class ComfyClient:
             self._buffers.pop(prompt_id, None)
         from_history = bool(entry)
         if not entry:
-            entry = self._history_after_completion(prompt_id, deadline)
+            try:
+                entry = self._history_after_completion(prompt_id, deadline)
+            except errors.ComfyDied:
+                if not _final_frame_seen(events, prompt_id):
+                    raise
+                # The prompt finished (its final frame came) and ComfyUI died right after, e.g. in the
+                # next job's prompt: this job's outputs are known from the websocket; no retry needed.
+                log.warning("ComfyUI exited right after prompt %s finished; using the websocket's outputs", prompt_id)
         if not entry:
             log.warning("history of prompt %s is still empty after completion; using websocket outputs",
                         prompt_id)
@@ -535,6 +542,10 @@ class ComfyClient:
             self._buffers.pop(prompt_id, None)
         raise errors.ComfyTimeout(f"ComfyUI prompt {prompt_id} did not finish before the job deadline; "
                                   "it was interrupted", {"prompt_id": prompt_id})
+
+
+def _final_frame_seen(events: list[Event], prompt_id: str) -> bool:
+    return any(isinstance(ev, Executing) and ev.node is None and ev.prompt_id == prompt_id for ev in events)
 
 
 def _finished(entry: dict) -> bool:

@@ -131,3 +131,43 @@ def test_two_jobs_in_flight_never_mix_outputs_progress_or_errors(tmp_path):
         assert seqs == sorted(seqs)
     assert len(set(prompts)) == len(prompts) and all(p in history for p in prompts)
     assert job_files(tmp_path) == []
+
+
+def test_a_comfyui_restart_retries_only_the_job_it_touched(tmp_path):
+    """Two jobs in flight (as runpod's loop runs them with JOB_CONCURRENCY=2): ComfyUI dies when the
+    second job's prompt starts; that job is retried on the restarted ComfyUI, the first is untouched."""
+    import threading
+    import urllib.request
+
+    from tests.worker.conftest import LiveWorker
+
+    w = LiveWorker(tmp_path)
+    results: dict[str, dict] = {}
+
+    def run(job_id: str, wf: dict) -> None:
+        results[job_id] = w.run({"workflow": wf, "timeout_s": 60}, job_id)
+
+    def wait_queue(key: str) -> None:
+        deadline = time.monotonic() + 30
+        while not json.loads(urllib.request.urlopen(w.url + "/queue", timeout=5).read())[key]:
+            assert time.monotonic() < deadline, f"nothing in {key}"
+            time.sleep(0.02)
+
+    try:
+        w.faults({"class_delay_s": {"ImageInvert": 0.3}})
+        a = threading.Thread(target=run, args=("a", chain("a", 4)))
+        a.start()
+        wait_queue("queue_running")
+        b = threading.Thread(target=run, args=("b", chain("b", 2, width=40)))
+        b.start()
+        wait_queue("queue_pending")
+        w.faults({"class_delay_s": {"ImageInvert": 0.3}, "die_during_prompt": 1})  # counts prompts from now: b's
+        a.join(60)
+        b.join(60)
+    finally:
+        w.close()
+    assert "error" not in results["a"] and "retried" not in results["a"], results["a"]
+    assert "error" not in results["b"], results["b"]
+    assert [r["details"]["code"] for r in results["b"]["retried"]] == ["comfy_died"]
+    assert png_size(base64.b64decode(results["b"]["outputs"][0]["data"])) == (40, 32)
+    assert w.sup.restarts == 1
