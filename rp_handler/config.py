@@ -27,7 +27,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("JOB_MAX_TIMEOUT_S", "3600", "Largest timeout_s a job may ask for."),
     EnvVar("JOB_RETRIES", "1", "Whole-job retries for transient failures (ComfyUI died, out of memory): 0 or 1."),
     EnvVar("COMFY_INTERRUPT_GRACE_S", "5", "Seconds a timed-out or stopped prompt may take to stop after the interrupt before ComfyUI is restarted."),
-    EnvVar("JOB_CONCURRENCY", "1", "Jobs in flight at once (1-4): with 2 the next job's inputs and prompt are ready while one executes."),
+    EnvVar("JOB_CONCURRENCY", "2", "Jobs in flight at once (1-4): with 2 the next job is staged and queued while one executes; 1: one job at a time."),
     EnvVar("OUTPUT_MODE", "gcs if GCS_BUCKET else base64", "Default output sink: gcs, base64 or local."),
     EnvVar("OUTPUT_LOCAL_DIR", "", "Folder for output mode local."),
     EnvVar("GCS_BUCKET", "", "Bucket for output mode gcs."),
@@ -151,7 +151,7 @@ class WorkerConfig:
     wait_ready_before_loop: bool = False  # WAIT_READY_BEFORE_LOOP
     boot_nice: int = 0  # WORKER_BOOT_NICE
     interrupt_grace_s: float = 5.0  # COMFY_INTERRUPT_GRACE_S
-    job_concurrency: int = 1  # JOB_CONCURRENCY: jobs in flight at once (runpod's concurrency_modifier)
+    job_concurrency: int = 2  # JOB_CONCURRENCY: jobs in flight at once (runpod's concurrency_modifier)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
@@ -213,7 +213,7 @@ class WorkerConfig:
             wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
             boot_nice=max(0, min(19, _int(env, "WORKER_BOOT_NICE", 0))),
             interrupt_grace_s=max(0.0, _float(env, "COMFY_INTERRUPT_GRACE_S", 5.0)),
-            job_concurrency=max(1, min(4, _int(env, "JOB_CONCURRENCY", 1))),
+            job_concurrency=max(1, min(4, _int(env, "JOB_CONCURRENCY", 2))),
         )
 
     @property
