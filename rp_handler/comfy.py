@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import select
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any, Callable
 
 import orjson
 import websocket
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from rp_handler import errors
 from rp_handler.memory import is_oom
@@ -75,6 +77,9 @@ class _Http:
                 timeout: float | None = None) -> tuple[int, bytes]:
         with self._lock:
             for attempt in (0, 1):
+                if self._conn is not None and _peer_closed(self._conn):
+                    self._conn.close()  # closed by ComfyUI while idle: never send on it
+                    self._conn = None
                 reused = self._conn is not None
                 conn = self._conn or http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
                 self._conn = None
@@ -104,12 +109,25 @@ class _Http:
         raise AssertionError("unreachable")
 
 
+def _peer_closed(conn: http.client.HTTPConnection) -> bool:
+    """True when the idle keep-alive socket was closed by the server (readable at EOF)."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class ComfyClient:
     """Talks to one ComfyUI. One job at a time (rp_handler.clients gives each job in flight its own)."""
 
     def __init__(self, base_url: str, *, client_id: str | None = None, http_timeout: float = 30,
                  alive: Callable[[], bool] | None = None, died_grace_s: float = 1.0,
-                 history_poll_s: float = 5.0):
+                 history_poll_s: float = 5.0, submit_confirm_s: float = 10.0):
         parsed = urllib.parse.urlsplit(base_url.rstrip("/"))
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"ComfyUI base_url must be http://host:port, got {base_url!r}")
@@ -120,6 +138,7 @@ class ComfyClient:
         self.alive = alive  # e.g. ComfyProcess.alive: False → ComfyDied at once
         self.died_grace_s = died_grace_s
         self.history_poll_s = history_poll_s
+        self.submit_confirm_s = submit_confirm_s  # how long a POST whose answer was lost is looked for
         self.partial_node_errors: dict[str, dict] = {}
         self._http = _Http(self.host, self.port, http_timeout)
         self._ws: websocket.WebSocket | None = None
@@ -324,12 +343,11 @@ class ComfyClient:
         body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
             status, data = self._request("POST", "/prompt", body, idempotent=False)
-        except errors.ComfyDied:
-            # A stale keep-alive connection fails before the server reads the request: retry once,
-            # unless ComfyUI did get it (never queue a workflow twice).
-            if self._known(prompt_id):
-                return prompt_id
-            status, data = self._request("POST", "/prompt", body, idempotent=False)
+        except errors.ComfyDied as exc:
+            # The POST may have arrived (ComfyUI may still be validating it): never send it again,
+            # look for it in /queue and /history instead (a dead ComfyUI raises ComfyDied there).
+            self._await_queued(prompt_id, exc)
+            return prompt_id
         if status == 200:
             answer = orjson.loads(data)
             node_errors = answer.get("node_errors") or {}
@@ -364,14 +382,37 @@ class ComfyClient:
                                         {"status": status, "body": data[:500].decode("utf-8", "replace")})
 
     def _known(self, prompt_id: str) -> bool:
+        """Whether ComfyUI has queued ``prompt_id``; ComfyDied when it is unreachable."""
         try:
-            if self.history(prompt_id):
+            if self.history(prompt_id, timeout=2):
                 return True
-            q = self.queue()
-            return any(item[1] == prompt_id for key in ("queue_running", "queue_pending")
-                       for item in (q or {}).get(key, []))
+            q = self._json("GET", "/queue", timeout=2)
+        except errors.ComfyDied:
+            raise
         except errors.WorkerError:
             return False
+        return any(item[1] == prompt_id for key in ("queue_running", "queue_pending")
+                   for item in (q or {}).get(key, []))
+
+    def _await_queued(self, prompt_id: str, lost: errors.ComfyDied) -> None:
+        """Wait up to ``submit_confirm_s`` for a prompt whose POST answer was lost to show up."""
+        log.warning("the answer to POST /prompt %s was lost (%s); waiting for it to show up in "
+                    "ComfyUI's queue or history (it is never sent twice)", prompt_id, lost)
+        poll = Retrying(stop=stop_after_delay(self.submit_confirm_s),
+                        wait=wait_exponential(multiplier=0.05, max=1.0),
+                        retry=retry_if_result(lambda known: not known),
+                        retry_error_callback=lambda state: False)
+        try:
+            known = poll(self._known, prompt_id)
+        except errors.ComfyDied:
+            raise lost from None
+        if not known:
+            with self._cv:
+                self._buffers.pop(prompt_id, None)
+            raise errors.ComfyProtocolError(
+                f"the connection to ComfyUI died during POST /prompt and prompt {prompt_id} did not "
+                f"appear in its queue within {self.submit_confirm_s:g} s; it was not sent again",
+                {"prompt_id": prompt_id})
 
     # ------------------------------------------------------------------ wait
     def _take(self, prompt_id: str, timeout: float) -> list[Event]:

@@ -261,7 +261,7 @@ def _execute(client: Any, job: Job, raw_job: dict, ctx: WorkerContext, timer: Jo
     cfg = ctx.cfg
     sink = make_sink(job.output, cfg, job.id)
     sub = job_subfolder(job.id, os.urandom(3).hex())
-    image_map = stage_images(job.images, ctx.dirs.input, sub, cfg)
+    image_map = stage_images(job.images, ctx.dirs.input, sub, cfg, deadline=time.monotonic() + job.timeout_s)
     workflow = rewrite_workflow(job.workflow, image_map, sub)
     progress = _progress_reporter(raw_job, ctx, len(workflow))
 

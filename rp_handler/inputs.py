@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import socket
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urljoin, urlsplit
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 JOBS_SUBDIR = "jobs"
 _MAX_REDIRECTS = 3
+FETCH_BUDGET_S = 120.0  # overall bound of one URL fetch when the caller gives no deadline
+_READ = 64 * 1024
 Resolver = Callable[[str, int], list[str]]
 
 
@@ -64,9 +67,12 @@ def resolve(host: str, port: int) -> list[str]:
 
 
 def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: float = 30.0,
-              resolver: Resolver = resolve,
+              deadline: float | None = None, resolver: Resolver = resolve,
               refuse: Callable[[Any], str | None] = address_refused) -> bytes:
     """GET an image, refusing private/loopback/link-local addresses after DNS (unless allowed).
+
+    ``timeout`` bounds each read; ``deadline`` (monotonic, e.g. the job's) bounds the whole fetch,
+    redirects included, so a server dripping bytes cannot hold the job.
 
     The connection goes to the address that was checked (no second lookup), TLS still verifies
     the host name; redirects are followed by hand and each hop is checked again. ``refuse`` is the
@@ -75,6 +81,8 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
     import urllib3  # lazy: only URL jobs need it
 
     limit = cfg.limits.max_input_bytes
+    started = time.monotonic()
+    deadline = started + FETCH_BUDGET_S if deadline is None else deadline
     for _hop in range(_MAX_REDIRECTS + 1):
         check_url(url, cfg, where=where)
         parts = urlsplit(url)
@@ -94,7 +102,9 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
                                      "addresses are fetched (ALLOW_PRIVATE_URLS=true allows it)",
                                      {"field": where, "reason": reason})
         ip = addrs[0]
-        kw: dict[str, Any] = {"timeout": urllib3.Timeout(connect=10, read=timeout), "retries": False}
+        left = _time_left(deadline, started, where, host, 0)
+        kw: dict[str, Any] = {"timeout": urllib3.Timeout(connect=min(10, left), read=min(timeout, left)),
+                              "retries": False}
         if parts.scheme == "https":
             pool = urllib3.HTTPSConnectionPool(ip, port, server_hostname=host, assert_hostname=host, **kw)
         else:
@@ -105,6 +115,7 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
             resp = pool.urlopen("GET", path, headers={"Host": host_header, "User-Agent": "rp-handler"},
                                 redirect=False, preload_content=False)
         except urllib3.exceptions.HTTPError as err:
+            _time_left(deadline, started, where, host, 0)
             raise InputError(f"{where}: cannot fetch {safe_url(url)}: {type(err).__name__}",
                              {"field": where}) from None
         try:
@@ -118,28 +129,55 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
             if length and length.isdigit() and int(length) > limit:
                 raise InputError(f"{where}: {safe_url(url)} is {int(length) / 1e6:.1f} MB, over the "
                                  f"{limit / 1e6:.1f} MB input limit (MAX_INPUT_BYTES)", {"field": where})
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in resp.stream(1 << 20):
-                total += len(chunk)
-                if total > limit:
-                    raise InputError(f"{where}: {safe_url(url)} is over the {limit / 1e6:.1f} MB input limit "
-                                     "(MAX_INPUT_BYTES)", {"field": where})
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return _read_body(resp, url, where, host, limit, timeout, deadline, started)
         finally:
             resp.release_conn()
             pool.close()
     raise InputError(f"{where}: too many redirects from {safe_url(url)}", {"field": where})
 
 
+def _time_left(deadline: float, started: float, where: str, host: str, got: int) -> float:
+    """Seconds left before ``deadline``; a one-line InputError (host only, never the query) after it."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise InputError(f"{where}: {host} sent {got} bytes in {time.monotonic() - started:.0f} s and did not "
+                         "finish before the job's deadline; use a faster host, a smaller image, or a larger "
+                         "timeout_s", {"field": where, "host": host, "bytes": got})
+    return left
+
+
+def _read_body(resp: Any, url: str, where: str, host: str, limit: int, timeout: float, deadline: float,
+               started: float) -> bytes:
+    """The body, read as it arrives (``read1``) so the deadline is checked between any two reads."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        left = _time_left(deadline, started, where, host, total)
+        if resp.connection is not None and resp.connection.sock is not None:
+            resp.connection.sock.settimeout(min(timeout, left))
+        try:
+            chunk = resp.read1(_READ)
+        except Exception as err:  # noqa: BLE001 - a read timeout at the deadline, or a broken body
+            _time_left(deadline, started, where, host, total)
+            raise InputError(f"{where}: cannot fetch {safe_url(url)}: {type(err).__name__}",
+                             {"field": where}) from None
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            raise InputError(f"{where}: {safe_url(url)} is over the {limit / 1e6:.1f} MB input limit "
+                             "(MAX_INPUT_BYTES)", {"field": where})
+        chunks.append(chunk)
+
+
 def stage_images(images: Iterable[ImageInput], input_dir: Path, sub: str, cfg: WorkerConfig,
-                 *, resolver: Resolver = resolve) -> dict[str, str]:
-    """Write the job's images under ``input/<sub>/``; return {name: value for LoadImage}."""
+                 *, resolver: Resolver = resolve, deadline: float | None = None) -> dict[str, str]:
+    """Write the job's images under ``input/<sub>/``; return {name: value for LoadImage}.
+    ``deadline`` (monotonic) bounds all URL fetches together: the job's remaining time."""
     mapping: dict[str, str] = {}
     for i, img in enumerate(images):
         data = img.data if img.data is not None else fetch_url(img.url or "", cfg, where=f"images[{i}].image",
-                                                               resolver=resolver)
+                                                               resolver=resolver, deadline=deadline)
         (input_dir / sub).mkdir(parents=True, exist_ok=True)
         write_atomic(input_dir / sub / img.name, data)
         mapping[img.name] = f"{sub}/{img.name}"

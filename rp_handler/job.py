@@ -4,7 +4,8 @@ Accepted input (RunPod's ``job["input"]``)::
 
     {"workflow": {...API format...},
      "images": [{"name": "in.png", "image": "<base64 | data: URI | https URL>"}],
-     "output": "base64" | {"mode": "gcs"|"base64"|"local", "bucket": "...", "prefix": "..."},
+     "output": "base64" | {"mode": "gcs"|"base64"|"local", "bucket": "...", "prefix": "...",
+                           "format": "png"|"webp"|"jpeg", "quality": 1-100},
      "timeout_s": 120}
     {"template": "sdxl_txt2img", "params": {"prompt": "...", "seed": -1}, ...}   # instead of "workflow"
     {"action": "status"}
@@ -20,7 +21,7 @@ import ipaddress
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +31,8 @@ from rp_handler.limits import check_limits
 from rp_handler.templates import expand_template
 
 OUTPUT_MODES = ("gcs", "base64", "local")
+OUTPUT_FORMATS = ("png", "webp", "jpeg")  # png: ComfyUI's bytes unchanged; else re-encoded by the worker
+DEFAULT_QUALITY = 90
 ACTIONS = ("status", "warm")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,199}$")
 _PREFIX_OK = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -50,6 +53,8 @@ class OutputSpec:
     bucket: str = ""
     prefix: str = ""
     local_dir: str = ""
+    format: str = "png"
+    quality: int = DEFAULT_QUALITY
 
 
 @dataclass(frozen=True)
@@ -311,6 +316,32 @@ def parse_output(value: Any, cfg: WorkerConfig) -> OutputSpec:
     if mode not in OUTPUT_MODES:
         raise InputError(f"unknown output mode {mode!r}: use one of {', '.join(OUTPUT_MODES)}",
                          {"field": "output.mode"})
+    encoding = {"format": parse_output_format(value.get("format")), "quality": parse_quality(value.get("quality"))}
+    return replace(_parse_destination(mode, value, cfg), **encoding)
+
+
+def parse_output_format(value: Any) -> str:
+    if value is None:
+        return "png"
+    fmt = value.strip().lower() if isinstance(value, str) else value
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in OUTPUT_FORMATS:
+        raise InputError(f"output.format must be one of {', '.join(OUTPUT_FORMATS)}, got {value!r}",
+                         {"field": "output.format"})
+    return fmt
+
+
+def parse_quality(value: Any) -> int:
+    if value is None:
+        return DEFAULT_QUALITY
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value) or not 1 <= value <= 100):
+        raise InputError(f"output.quality must be a whole number from 1 to 100 (webp and jpeg), got {value!r}",
+                         {"field": "output.quality"})
+    return int(value)
+
+
+def _parse_destination(mode: str, value: dict[str, Any], cfg: WorkerConfig) -> OutputSpec:
     prefix = value.get("prefix", cfg.gcs.prefix)
     if not isinstance(prefix, str) or (prefix.strip("/") and not _PREFIX_OK.match(prefix.strip("/"))):
         raise InputError("output.prefix must be a path like 'team/outputs' (letters, digits, '._-', no '..')",

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from rp_handler.atomic import write_atomic
 from rp_handler.config import GcsConfig, WorkerConfig
+from rp_handler.encode import FormatSink
 from rp_handler.errors import InputError, OutputError
 from rp_handler.inputs import job_key
 from rp_handler.job import OutputSpec
@@ -340,11 +341,15 @@ class GcsSink:
 
 
 def make_sink(spec: OutputSpec, cfg: WorkerConfig, job_id: str) -> Sink:
+    """The job's destination, behind ``FormatSink``: images re-encoded as ``output.format`` first."""
+    sink: Sink
     if spec.mode == "gcs":
-        return GcsSink(cfg.gcs, spec.bucket, spec.prefix, job_id)
-    if spec.mode == "local":
-        return LocalSink(Path(spec.local_dir), job_id, spec.prefix)
-    return Base64Sink(cfg.max_result_bytes)
+        sink = GcsSink(cfg.gcs, spec.bucket, spec.prefix, job_id)
+    elif spec.mode == "local":
+        sink = LocalSink(Path(spec.local_dir), job_id, spec.prefix)
+    else:
+        sink = Base64Sink(cfg.max_result_bytes)
+    return FormatSink(sink, spec.format, spec.quality)
 
 
 # ----------------------------------------------------------------------------- collector

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import http.client
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -28,16 +29,26 @@ from rp_handler.timings import COLD, PhaseClock
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("rp_handler.comfyui")
 
-_PR_SET_PDEATHSIG = 1
 try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    _prctl = None
+    _HAS_PRCTL = hasattr(ctypes.CDLL(None), "prctl")
+except OSError:  # not Linux
+    _HAS_PRCTL = False
+
+# ComfyUI gets SIGTERM when the worker dies (PR_SET_PDEATHSIG survives exec). Set by a tiny launcher
+# that then execs ComfyUI, not by preexec_fn: the worker already runs threads (the cache copier) when
+# it spawns ComfyUI, and preexec_fn is unsafe in a threaded process (subprocess docs).
+_LAUNCHER = ("import ctypes, os, signal, sys\n"
+             "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+             "if os.getppid() != int(sys.argv[1]):\n"
+             "    sys.exit('the worker exited before ComfyUI started')\n"
+             "os.execvp(sys.argv[2], sys.argv[2:])\n")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """``cmd`` run through the launcher (Linux; elsewhere unchanged)."""
+    if not _HAS_PRCTL:
+        return list(cmd)
+    return [cmd[0], "-S", "-c", _LAUNCHER, str(os.getpid()), *cmd]
 
 
 def free_port() -> int:
@@ -157,9 +168,9 @@ class ComfyProcess:
         log.info("starting ComfyUI: %s", " ".join(cmd))
         self._tail.clear()
         self._listening.clear()
-        self._proc = subprocess.Popen(cmd, cwd=str(self.comfy_home), stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      preexec_fn=_die_with_parent if _prctl is not None else None)
+        self._proc = subprocess.Popen(with_parent_death_signal(cmd), cwd=str(self.comfy_home),
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT)
         self.starts += 1
         self._reader = threading.Thread(target=self._pump, args=(self._proc,), name="comfyui-log", daemon=True)
         self._reader.start()

@@ -5,7 +5,7 @@ stamp="$VENV/.locks.sha256"
 want="$(cat requirements/runtime.lock requirements/dev.lock | python3 -c 'import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing pinned dependencies into $VENV" >&2
-  python3 -m venv "$VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"  # an existing (maybe linked) venv is reused
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.9" >/dev/null 2>&1 || true
   if [ -x "$VENV/bin/uv" ]; then
     "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -r requirements/runtime.lock -r requirements/dev.lock

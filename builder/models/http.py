@@ -50,6 +50,10 @@ class _RangeIgnored(Exception):
     pass
 
 
+class _Stopped(Exception):
+    """Another range worker failed or the download was interrupted: stop writing."""
+
+
 @dataclass(frozen=True)
 class HttpOptions:
     headers: dict  # extra headers (Authorization only when the URL is the token's host)
@@ -183,6 +187,9 @@ def download(
                     piece_opts = HttpOptions(headers, "", False, opts.connections, opts.parallel_min)
                 try:
                     digests = _parallel(fd, final_url, total, validator, label, piece_opts, algos, progress)
+                    if digests.size != total:
+                        raise DownloadError(f"{label}: hashed {digests.size} bytes of {total}; the "
+                                            "download is incomplete (try again)")
                     return HttpResult(digests, total, final_url)
                 except _RangeIgnored:
                     log.warning("%s: server stopped honouring Range; downloading in one stream", label)
@@ -337,7 +344,8 @@ def _parallel(fd, url, total, validator, label, opts, algos, progress) -> Digest
         try:
             while (i := pieces.take()) is not None:
                 off, length = pieces.ranges[i]
-                _fetch_piece(session, fd, url, off, length, total, validator, label, opts, progress)
+                _fetch_piece(session, fd, url, off, length, total, validator, label, opts, progress,
+                             pieces)
                 pieces.finish(i)
         except BaseException as exc:
             pieces.fail(exc)
@@ -355,6 +363,8 @@ def _parallel(fd, url, total, validator, label, opts, algos, progress) -> Digest
                     with view[o : o + n] as chunk:
                         digests.update(chunk)
                     drop_pages(mm, o, n)
+        except BaseException as exc:  # reported by the caller, never lost with the thread
+            pieces.fail(DownloadError(f"{label}: hashing the download failed: {type(exc).__name__}: {exc}"))
         finally:
             view.release()
 
@@ -365,15 +375,20 @@ def _parallel(fd, url, total, validator, label, opts, algos, progress) -> Digest
         for t in threads:
             t.start()
         hash_t.start()
-        for t in threads:
-            t.join()
-        hash_t.join()
+        try:
+            for t in (*threads, hash_t):
+                t.join()
+        except BaseException as exc:  # Ctrl-C: stop the workers before the mmap and fd are closed
+            pieces.fail(exc)
+            for t in (*threads, hash_t):
+                t.join()
+            raise
     if pieces.error is not None:
         raise pieces.error
     return digests
 
 
-def _fetch_piece(session, fd, url, off, length, total, validator, label, opts, progress) -> None:
+def _fetch_piece(session, fd, url, off, length, total, validator, label, opts, progress, pieces) -> None:
     pos = off
     end = off + length - 1
 
@@ -391,6 +406,8 @@ def _fetch_piece(session, fd, url, off, length, total, validator, label, opts, p
                 raise _RangeIgnored()
             try:
                 for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                    if pieces.error is not None:
+                        raise _Stopped()
                     take = min(len(chunk), end + 1 - pos)
                     _write_all(fd, memoryview(chunk)[:take], pos)
                     pos += take

@@ -18,6 +18,8 @@ config module.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +36,8 @@ NODE_CLASS_MAPPINGS: dict[str, Any] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
 SPOOL_DIR = ".requests"
+INDEX_NAME = ".index.json"
+LEASE_DIR = ".leases"  # format and lock: rp_handler/cache/leases.py
 LEGACY_NAMES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
 REPEAT_AFTER_S = 60.0  # the same request is not repeated within this many seconds
 
@@ -56,6 +60,7 @@ class OnDemandHook:
         self.categories = tuple(LEGACY_NAMES.get(c, c) for c in categories)
         self._sent: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
+        self._index: tuple[tuple[int, int], dict[str, dict]] | None = None
 
     def __call__(self, folder_name: str, filename: str) -> str | None:
         path = self.original(folder_name, filename)
@@ -74,15 +79,55 @@ class OnDemandHook:
             return path
         cached = self.cache_root / folder / rel
         root = str(self.cache_root.resolve()) + os.sep
-        if os.path.realpath(path).startswith(root) or cached.is_file():
-            self._request("hit", folder, rel)
-            return str(cached) if cached.is_file() else path
+        in_cache = os.path.realpath(path).startswith(root)
+        if in_cache or cached.is_file():
+            served, source = self._lease_cached(f"{folder}/{rel}", cached, None if in_cache else path)
+            if served:
+                self._request("hit", folder, rel)
+                return str(cached)
+            if source is None or not os.path.isfile(source):
+                return path
+            log.info("nvme_cache: the cached copy of %s/%s is stale or gone; reading %s", folder, rel, source)
+            self._request("copy", folder, rel)
+            return source
         if self.categories and folder not in self.categories:
             return path
         if os.path.getsize(path) < self.min_size_bytes:
             return path
         self._request("copy", folder, rel)
         return path
+
+    def _lease_cached(self, key: str, cached: Path, volume_path: str | None) -> tuple[bool, str | None]:
+        """(True, _) when the copy is complete and its volume file unchanged, leased against eviction;
+        else (False, the volume file to read instead, when known)."""
+        with _locked(self.cache_root):
+            entry = self._entries().get(key)
+            source = (entry or {}).get("source") or volume_path
+            if entry is None:
+                return False, source
+            try:
+                if cached.stat().st_size != entry.get("size"):
+                    return False, source
+            except OSError:
+                return False, source
+            if source and not _unchanged(source, entry):
+                return False, source
+            lease = self.cache_root / LEASE_DIR / hashlib.sha1(key.encode()).hexdigest()
+            lease.touch()
+            return True, source
+
+    def _entries(self) -> dict[str, dict]:
+        """The worker's index (``.index.json``), re-read only when it changed."""
+        path = self.cache_root / INDEX_NAME
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_mtime_ns, st.st_size)
+        if self._index is None or self._index[0] != stamp:
+            data = json.loads(path.read_bytes())
+            self._index = (stamp, {e["key"]: e for e in data.get("entries", [])})
+        return self._index[1]
 
     def _request(self, kind: str, folder: str, name: str) -> None:
         now = time.monotonic()
@@ -99,6 +144,32 @@ class OnDemandHook:
         os.replace(tmp, spool / f"{stem}.json")
         if kind == "copy":
             log.info("nvme_cache: requested a cache copy of %s/%s", folder, name)
+
+
+def _unchanged(source: str, entry: dict) -> bool:
+    """The volume file still has the size and mtime it was copied from (gone: the copy is all there is)."""
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        return True
+    mtime_ns = entry.get("source_mtime_ns") or 0
+    return st.st_size == entry.get("size") and (not mtime_ns or st.st_mtime_ns == mtime_ns)
+
+
+class _locked:
+    """``flock`` on ``<root>/.leases/.lock``, shared with the worker's eviction."""
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / LEASE_DIR / ".lock"
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
 
 
 def install(folder_paths: ModuleType | Any, cache_root: Path | str, *, min_size_bytes: int = 0,

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rp_handler.atomic import write_atomic
+from rp_handler.cache import leases
 from rp_handler.cache.folders import safe_relative
 from rp_handler.errors import CacheError
 
@@ -192,21 +193,28 @@ class CacheStore:
         if self.budget_bytes > 0 and size > self.budget_bytes:
             return False, (f"{key} ({size} bytes) is larger than the cache budget ({self.budget_bytes} bytes); "
                            "raise CACHE_BUDGET_GB to cache it"), []
-        evicted: list[str] = []
         need = self.used_bytes() + self.reserved_bytes() + size - capacity
         if need > 0:
-            for entry in self.lru_order():
-                if need <= 0:
-                    break
-                if self.pins.get(entry.key) or entry.key == key:
-                    continue
-                need -= entry.size
-                evicted.append(entry.key)
-            if need > 0:
-                return False, (f"no room for {key} ({size} bytes): {self.used_bytes()} bytes cached "
-                               f"(in use by running jobs) and {self.reserved_bytes()} reserved of {capacity}"), []
-            for victim in evicted:
-                self.remove(victim, reason="evicted (least recently used)")
+            with leases.locked(self.root):  # the OnDemand node may be handing an entry to ComfyUI
+                return self._evict_for(key, size, need, capacity)
+        self.reserved[key] = size
+        return True, "", []
+
+    def _evict_for(self, key: str, size: int, need: int, capacity: int) -> tuple[bool, str, list[str]]:
+        """Evict least recently used entries that no job pins and no OnDemand lease holds."""
+        evicted: list[str] = []
+        for entry in self.lru_order():
+            if need <= 0:
+                break
+            if self.pins.get(entry.key) or entry.key == key or leases.leased(self.root, entry.key):
+                continue
+            need -= entry.size
+            evicted.append(entry.key)
+        if need > 0:
+            return False, (f"no room for {key} ({size} bytes): {self.used_bytes()} bytes cached "
+                           f"(in use by running jobs) and {self.reserved_bytes()} reserved of {capacity}"), []
+        for victim in evicted:
+            self.remove(victim, reason="evicted (least recently used)")
         self.reserved[key] = size
         return True, "", evicted
 

@@ -139,3 +139,44 @@ def test_copier_thread_drains_requests_when_idle(make_cache, volume, nvme):
     node.install(fp, nvme)
     fp.get_full_path("checkpoints", "bg.safetensors")
     wait_for((nvme / "checkpoints" / "bg.safetensors").exists)
+
+
+def _cached_through_the_hook(node, make_cache, volume, nvme, tmp_path, **cache_kw):
+    """A volume model copied to NVMe on the hook's request; ComfyUI's paths list the cache first."""
+    src = put_model(volume, "loras/l.safetensors", 2 * MiB)
+    cache = make_cache(**cache_kw)
+    emp = cache.write_extra_model_paths(tmp_path / "extra_model_paths.yaml")
+    fp = standin_folder_paths(emp, tmp_path / "ComfyUI" / "models")
+    node.install(fp, nvme)
+    assert fp.get_full_path("loras", "l.safetensors") == str(src)
+    cache.process_requests()
+    cached = nvme / "loras" / "l.safetensors"
+    wait_for(lambda: any(e["key"] == "loras/l.safetensors" for e in cache.status()["entries"]))
+    return cache, fp, src, cached
+
+
+def test_hook_never_serves_a_copy_of_a_volume_file_that_changed(make_cache, volume, nvme, tmp_path):
+    node = load_node()
+    cache, fp, src, cached = _cached_through_the_hook(node, make_cache, volume, nvme, tmp_path)
+    assert fp.get_full_path("loras", "l.safetensors") == str(cached)
+    put_model(volume, "loras/l.safetensors", 2 * MiB, seed=7)  # same size, new bytes and mtime
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert fp.get_full_path("loras", "l.safetensors") == str(src)
+    src.write_bytes(b"smaller")
+    assert fp.get_full_path("loras", "l.safetensors") == str(src)
+
+
+def test_a_copy_the_hook_served_is_not_evicted_under_comfyui(make_cache, volume, nvme, tmp_path):
+    """An unpinned entry the hook just handed to ComfyUI survives a job's copy that needs its room."""
+    from rp_handler.cache import ModelRef
+
+    node = load_node()
+    cache, fp, src, cached = _cached_through_the_hook(node, make_cache, volume, nvme, tmp_path,
+                                                      budget_bytes=3 * MiB)
+    served = fp.get_full_path("loras", "l.safetensors")
+    assert served == str(cached)
+    put_model(volume, "checkpoints/big.safetensors", 2 * MiB)
+    [st] = cache.preload([ModelRef("big.safetensors", "checkpoints")], job_id="job-2")
+    assert cache.wait("job-2", timeout=20)
+    assert Path(served).is_file()  # ComfyUI may open it only now
+    assert st.status == "skipped_budget" and "in use" in st.error

@@ -379,3 +379,16 @@ def test_error_on_node_fault(fake, client):
     fake.set_faults({"error_on_node": "EmptyImage"})
     with pytest.raises(errors.ExecutionFailed, match=r"node 1 \(EmptyImage\) failed: RuntimeError"):
         run(client, wf_color(111))
+
+
+def test_submit_never_queues_twice_when_the_connection_dies_during_validation(fake):
+    """The POST's connection dies while ComfyUI still validates: the prompt is queued once."""
+    fake.set_faults({"drop_prompt_connection_s": 0.5})
+    with ComfyClient(fake.url) as c:
+        c.system_stats()  # a reused keep-alive connection, as in a worker
+        pid = c.submit(wf_color(97))
+        res = c.wait(pid, deadline=time.monotonic() + 10)
+        assert res.status["completed"]
+        time.sleep(0.7)  # a second POST, if any, would have been queued by now
+        assert fake.requests.count(("POST", "/prompt")) == 1
+        assert fake.comfy.number == 1 and not fake.comfy.pending and fake.comfy.running is None

@@ -199,3 +199,46 @@ def test_cache_dir_overrides_store(server, cfg, models_dir, tmp_path):
     realize([{"source": url}], cfg, models_dir, cache_dir=tmp_path / "C")
     assert (tmp_path / "C" / "models" / "sha256" / sha(DATA)[:2] / sha(DATA) / "blob").exists()
     assert blobs(cfg) == []
+
+
+def test_parallel_hash_failure_is_an_error_not_a_wrong_sha256(server, make_cfg, models_dir, monkeypatch):
+    """A failure on the range hashing thread fails the download; no sha256 of a prefix is recorded."""
+    import builder.models.http as http
+    from builder.models.checksum import Digests
+
+    class FailingDigests(Digests):  # fault injection: the hashing step fails after 1 MiB
+        def update(self, data) -> None:
+            if self.size >= 1024 * 1024:
+                raise OSError("injected read error")
+            super().update(data)
+
+    monkeypatch.setattr(http, "PIECE", 512 * 1024)
+    monkeypatch.setattr(http, "Digests", FailingDigests)
+    url = server.add("/hashfail.bin", DATA)
+    [rec] = realize([{"source": url}], make_cfg(MODEL_DOWNLOAD_CONNECTIONS=4), models_dir, parallel_min=1024)
+    assert rec["status"] == "missing", rec
+    assert "hashing the download failed" in rec["error"] and "\n" not in rec["error"]
+    assert not (models_dir / "checkpoints" / "hashfail.bin").exists()
+
+
+def test_parallel_ctrl_c_stops_range_workers_before_the_file_is_closed(server, tmp_path, monkeypatch):
+    import _thread
+    import threading
+
+    import builder.models.http as http
+
+    monkeypatch.setattr(http, "PIECE", 256 * 1024)
+    url = server.add("/slow.bin", DATA, rate=512 * 1024)
+    started = threading.Event()
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    opts = http.HttpOptions({}, connections=4, parallel_min=1024)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            http.download(url, tmp_path / "slow.incomplete", label="slow.bin", opts=opts,
+                          progress=lambda n: started.set())
+    finally:
+        timer.cancel()
+    assert started.is_set()
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("range-") and t.is_alive()]
+    assert alive == []  # no worker can write into a closed (and maybe reused) file descriptor

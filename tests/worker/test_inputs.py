@@ -86,3 +86,56 @@ def test_stage_rewrite_and_cleanup(tmp_path, httpserver):
     cleanup_job(sub, input_dir=inp, output_dir=out, extra_files=[tmpfile])
     assert not (inp / sub).exists() and not (out / sub).exists() and not tmpfile.exists()
     assert inp.exists() and out.exists()
+
+
+@pytest.fixture
+def dripping_server():
+    """A server that announces 100 kB and sends one byte every 50 ms (each read is quick)."""
+    import http.server
+    import threading
+    import time
+
+    stop = threading.Event()
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(1200):  # at most 60 s, ends early when the client hangs up
+                if stop.is_set():
+                    return
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.05)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_dripping_url_image_fails_the_job_at_its_deadline(dripping_server, tmp_path):
+    """Per-read timeouts never fire on a drip; the job's deadline bounds the whole fetch."""
+    from tests.worker.conftest import LiveWorker
+
+    w = LiveWorker(tmp_path, ALLOW_PRIVATE_URLS="true")
+    try:
+        wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "slow.png"}},
+              "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "s"}}}
+        url = dripping_server + "/slow.png?X-Amz-Signature=secret-token"
+        res = w.run({"workflow": wf, "images": [{"name": "slow.png", "image": url}], "timeout_s": 1.5})
+        assert "error" in res, res
+        assert "did not finish before the job's deadline" in res["error"]
+        assert "127.0.0.1" in res["error"] and "secret-token" not in str(res) and "\n" not in res["error"]
+    finally:
+        w.close()

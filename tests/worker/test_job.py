@@ -153,3 +153,25 @@ def test_private_url_allowed_by_config():
 def test_status_action_and_unknown_action():
     assert parse({"action": "status"}) == Action(id="job-1", name="status")
     assert "unknown action" in refused({"action": "reboot"})
+
+
+def test_output_format_and_quality():
+    job = parse({"workflow": WF})
+    assert (job.output.format, job.output.quality) == ("png", 90)
+    job = parse({"workflow": WF, "output": {"mode": "base64", "format": "WEBP", "quality": 75}})
+    assert (job.output.mode, job.output.format, job.output.quality) == ("base64", "webp", 75)
+    assert parse({"workflow": WF, "output": {"format": "jpg"}}).output.format == "jpeg"
+
+
+@pytest.mark.parametrize("output, words", [
+    ({"format": "gif"}, "output.format must be one of png, webp, jpeg, got 'gif'"),
+    ({"format": 3}, "output.format must be one of"),
+    ({"format": "webp", "quality": 0}, "output.quality must be a whole number from 1 to 100"),
+    ({"format": "jpeg", "quality": 101}, "got 101"),
+    ({"format": "jpeg", "quality": "high"}, "got 'high'"),
+    ({"format": "jpeg", "quality": 80.5}, "got 80.5"),
+    ({"format": "jpeg", "quality": True}, "got True"),
+])
+def test_bad_output_format_or_quality_is_one_line(output, words):
+    message = refused({"workflow": WF, "output": output})
+    assert words in message and "\n" not in message

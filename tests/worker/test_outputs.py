@@ -204,3 +204,75 @@ def test_collector_ships_during_job_and_reconciles_history(tmp_path):
     assert sorted(located) == ["a.png", "b.png"]
     assert [(r["node"], r["kind"]) for r in results] == [("2", "images"), ("10", "images"), ("10", "text")]
     assert json.loads(json.dumps(results)) == results
+
+
+# ----------------------------------------------------------------------------- output formats
+def _item(filename: str = "ComfyUI_00001_.png", kind: str = "images") -> OutputFile:
+    return OutputFile(node="9", kind=kind, index=0, filename=filename, subfolder="jobs/j", type="output")
+
+
+def test_png_default_ships_comfyuis_bytes_unchanged():
+    from rp_handler.encode import FormatSink
+
+    res = FormatSink(Base64Sink(10**8)).put(_item(), PNG)
+    assert base64.b64decode(res["data"]) == PNG and res["format"] == "png" and res["size"] == len(PNG)
+
+
+@pytest.mark.parametrize("fmt, pil_name, suffix", [("webp", "WEBP", ".webp"), ("jpeg", "JPEG", ".jpg")])
+def test_images_are_reencoded_as_asked(tmp_path, fmt, pil_name, suffix):
+    import io
+
+    from PIL import Image
+
+    from rp_handler.encode import FormatSink
+
+    src = tmp_path / "ComfyUI_00001_.png"
+    src.write_bytes(PNG)
+    res = {**_item().describe(), **FormatSink(LocalSink(tmp_path / "out", "job-1"), fmt, 80).put(_item(), src)}
+    out = Path(res["path"])
+    assert out.name == "9_0_ComfyUI_00001_" + suffix and res["filename"] == "ComfyUI_00001_" + suffix
+    assert res["format"] == fmt and res["size"] == out.stat().st_size and res["mime"] == f"image/{fmt}"
+    assert res["original"] == {"filename": "ComfyUI_00001_.png", "format": "png", "size": len(PNG)}
+    with Image.open(io.BytesIO(out.read_bytes())) as im, Image.open(io.BytesIO(PNG)) as orig:
+        assert im.format == pil_name and im.size == orig.size
+    assert src.read_bytes() == PNG  # ComfyUI's original is left for the job's cleanup
+
+
+def test_videos_animations_and_unreadable_files_pass_through():
+    import io
+
+    from PIL import Image
+
+    from rp_handler.encode import FormatSink
+
+    sink = FormatSink(Base64Sink(10**8), "jpeg", 80)
+    video = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64
+    res = sink.put(_item("clip.mp4", kind="gifs"), video)
+    assert base64.b64decode(res["data"]) == video and res["format"] == "mp4"
+    frames = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:])
+    res = sink.put(_item("anim.webp"), buf.getvalue())
+    assert base64.b64decode(res["data"]) == buf.getvalue() and res["format"] == "webp"
+    res = sink.put(_item("broken.png"), b"\x89PNG\r\n\x1a\nnot really")
+    assert base64.b64decode(res["data"]) == b"\x89PNG\r\n\x1a\nnot really" and res["format"] == "png"
+
+
+def test_job_with_webp_output_returns_webp_and_removes_the_original(live_worker):
+    import io
+
+    from PIL import Image
+
+    wf = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 255}},
+          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "fmt"}}}
+    res = live_worker.run({"workflow": wf, "output": {"mode": "base64", "format": "webp", "quality": 70}})
+    assert "error" not in res, res
+    [out] = res["outputs"]
+    assert out["format"] == "webp" and out["filename"].endswith(".webp") and out["original"]["format"] == "png"
+    data = base64.b64decode(out["data"])
+    assert out["size"] == len(data)
+    with Image.open(io.BytesIO(data)) as im:
+        r, g, b = im.convert("RGB").getpixel((0, 0))
+        assert im.format == "WEBP" and im.size == (64, 64) and b > 240 and r < 16 and g < 16  # lossy blue
+    output_jobs = live_worker.ctx.dirs.output / "jobs"
+    assert not output_jobs.exists() or not any(output_jobs.iterdir())

@@ -107,3 +107,57 @@ def test_forward_sigterm_stops_without_restart(fake_home):
         assert any("Stopped server" in line for line in sup.proc.log_tail())
     finally:
         sup.stop(timeout=5)
+
+
+def test_comfyui_is_spawned_without_preexec_fn(tiny_home, monkeypatch):
+    """preexec_fn is unsafe once the worker runs threads (the cache copier does): never used."""
+    import subprocess
+
+    seen: list = []
+
+    class Recording(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("preexec_fn"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Recording)
+    p = ComfyProcess(make_cfg(), tiny_home)
+    p.start()
+    try:
+        p.wait_ready(time.monotonic() + 20)
+        assert any("tiny comfy argv" in line for line in p.log_tail())
+    finally:
+        p.stop(timeout=5)
+    assert seen and all(fn is None for fn in seen)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return any(line.startswith("State:") and "Z" in line for line in fh)
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="parent-death signal is Linux only")
+def test_comfyui_gets_sigterm_when_the_worker_dies(tiny_home):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    script = (f"import os, sys, time; sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+              "from rp_handler.process import ComfyProcess\n"
+              "from tests.worker.conftest import make_cfg\n"
+              f"p = ComfyProcess(make_cfg(), {str(tiny_home)!r}); p.start()\n"
+              "p.wait_ready(time.monotonic() + 20)\n"
+              "print(p.pid, flush=True); os._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = not _gone(pid)
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "ComfyUI outlived the worker"

@@ -105,6 +105,7 @@ class FakeComfy:
         self.object_info = ObjectInfo(self.paths, self.input_dir)
         self.faults: dict = dict(faults or {})
         self._fault_prompts = 0
+        self._dropped_prompt = False
         self.hard_exit = hard_exit
         self.argv = list(argv or ["main.py"])
         self.requests: list[tuple[str, str]] = []
@@ -129,6 +130,7 @@ class FakeComfy:
     def set_faults(self, faults: dict) -> None:
         self.faults = dict(faults or {})
         self._fault_prompts = 0
+        self._dropped_prompt = False
         log.info("[fake] faults set: %s", json.dumps(self.faults))
 
     def fault(self, name: str, default: Any = None) -> Any:
@@ -510,6 +512,19 @@ class FakeComfy:
             error = {"type": "no_prompt", "message": "No prompt provided",
                      "details": "No prompt provided", "extra_info": {}}
             return web.json_response({"error": error, "node_errors": {}}, status=400)
+        drop_s = self.fault("drop_prompt_connection_s")
+        if drop_s is not None and not self._dropped_prompt:
+            # the connection dies while ComfyUI is still validating: the prompt is queued anyway
+            self._dropped_prompt = True
+            log.info("[fake] dropping the POST /prompt connection; queueing it in %s s", drop_s)
+            assert request.transport is not None
+            request.transport.abort()
+            await asyncio.sleep(float(drop_s))
+            await self._accept_prompt(json_data, number)
+            return web.Response(status=500)  # nobody reads it: the connection is gone
+        return await self._accept_prompt(json_data, number)
+
+    async def _accept_prompt(self, json_data: dict, number: float) -> web.Response:
         prompt = json_data["prompt"]
         prompt_id = str(json_data.get("prompt_id", uuid.uuid4()))
         result = validate_prompt(prompt, self.object_info.get, self.object_info.__contains__,
