@@ -171,3 +171,40 @@ def test_a_comfyui_restart_retries_only_the_job_it_touched(tmp_path):
     assert [r["details"]["code"] for r in results["b"]["retried"]] == ["comfy_died"]
     assert png_size(base64.b64decode(results["b"]["outputs"][0]["data"])) == (40, 32)
     assert w.sup.restarts == 1
+
+
+def test_a_stop_during_uploads_drops_the_rest_and_cleans_up(tmp_path, gcs_bucket, gcs_emulator):
+    """The job's 6 images upload through a slow GCS (0.5 s each, 2 at a time); a stop after the first
+    upload leaves the others unsent, ends the job as cancelled and removes its files."""
+    import threading
+
+    from rp_handler.cancel import JobControl
+    from rp_handler.handler import handle
+    from tests.faults.gcs_proxy import GcsFaultProxy
+    from tests.worker.conftest import LiveWorker
+
+    client, bucket = gcs_bucket
+    proxy = GcsFaultProxy(gcs_emulator).start()
+    proxy.set(delay_s=0.5)
+    w = LiveWorker(tmp_path, STORAGE_EMULATOR_HOST=proxy.url, GCS_BUCKET=bucket, GCS_PREFIX="stop",
+                   PROGRESS_INTERVAL_S="0")
+    control = JobControl()
+    uploading = threading.Event()
+    w.ctx.progress_sender = lambda job, p: uploading.set() if p.get("stage") == "uploading" else None
+    wf = chain("u", 1)
+    wf["u0"]["inputs"]["batch_size"] = 6
+    result: dict = {}
+    try:
+        t = threading.Thread(target=lambda: result.update(
+            handle({"id": "up", "input": {"workflow": wf, "output": "gcs"}}, w.ctx, control)))
+        t.start()
+        assert uploading.wait(30)
+        control.stop()
+        t.join(30)
+    finally:
+        w.close()
+        proxy.stop()
+    assert result["details"]["code"] == "cancelled", result
+    stored = list(client.list_blobs(bucket, prefix="stop/"))
+    assert 1 <= len(stored) < 6
+    assert job_files(tmp_path) == []
