@@ -208,3 +208,39 @@ def test_a_stop_during_uploads_drops_the_rest_and_cleans_up(tmp_path, gcs_bucket
     stored = list(client.list_blobs(bucket, prefix="stop/"))
     assert 1 <= len(stored) < 6
     assert job_files(tmp_path) == []
+
+
+def test_a_queued_job_that_times_out_never_restarts_comfyui_under_the_running_one(tmp_path):
+    """Job b (timeout_s=1) waits behind job a's prompt and passes its deadline: b's prompt is removed
+    from the queue, b fails with `timeout`, a finishes normally and ComfyUI is not restarted."""
+    import threading
+    import urllib.request
+
+    from tests.worker.conftest import LiveWorker
+
+    w = LiveWorker(tmp_path, COMFY_INTERRUPT_GRACE_S="1")
+    results: dict[str, dict] = {}
+
+    def run(job_id: str, job_input: dict) -> None:
+        results[job_id] = w.run(job_input, job_id)
+
+    try:
+        w.faults({"class_delay_s": {"ImageInvert": 0.5}})
+        a = threading.Thread(target=run, args=("a", {"workflow": chain("a", 8), "timeout_s": 60}))
+        a.start()
+        deadline = time.monotonic() + 30
+        while not json.loads(urllib.request.urlopen(w.url + "/queue", timeout=5).read())["queue_running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        b = threading.Thread(target=run, args=("b", {"workflow": chain("b", 1), "timeout_s": 1}))
+        b.start()
+        a.join(60)
+        b.join(60)
+        history = json.loads(urllib.request.urlopen(w.url + "/history", timeout=5).read())
+    finally:
+        w.close()
+    assert results["b"]["details"]["code"] == "timeout", results["b"]
+    assert "comfy_restarted" not in results["b"]["details"]
+    assert "error" not in results["a"] and "retried" not in results["a"], results["a"]
+    assert w.sup.restarts == 0
+    assert list(history) == [results["a"]["prompt_id"]]  # b's prompt never ran
