@@ -24,6 +24,7 @@ from .errors import BuildError, LockError, SpecError, TargetModifiedError, Usage
 log = logging.getLogger(__name__)
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 PASS_THROUGH = ("run-ui", "run-handler")
+PATH_COMMANDS = ("resolve", "realize", "lock", "delete", "verify-models")
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -169,6 +170,11 @@ def cmd_realize(cfg: BuildConfig, args: argparse.Namespace) -> int:
     wheels = Path(args.wheels_dir).expanduser() if args.wheels_dir else None
     if wheels is not None and not wheels.is_dir():
         raise UsageError(f"--wheels-dir {wheels} is not a directory")
+    if not args.python and not args.dry_run:
+        from .entry import running_in_project_venv
+        if running_in_project_venv():  # plain python3 re-ran us here: never install ComfyUI's packages into it
+            raise UsageError("realize needs --python: the default would be the worker's own .venv; give ComfyUI "
+                             "its own interpreter, e.g. `python3 -m venv ~/comfy-venv` and --python ~/comfy-venv/bin/python")
     python = Path(args.python).expanduser() if args.python else Path(sys.executable)
     if not python.exists():
         raise UsageError(f"--python {python} does not exist (give the interpreter ComfyUI runs with)")
@@ -329,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wheels-dir", help="install Python packages only from this folder of wheels (no index)")
     sp.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     sp.add_argument("--force", action="store_true", help="update checkouts with local changes (saved by git stash)")
-    sp.add_argument("--python", help="interpreter to install requirements into (default: this one)")
+    sp.add_argument("--python", help="interpreter to install requirements into (default: the one running "
+                                     "version.py, unless that is the project's .venv)")
     sp.add_argument("--skip-models", action="store_true", help="do not fetch models")
     sp.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto", help="uv when present (auto) or pip")
     sp.add_argument("--jobs", type=int, default=4, help="parallel model downloads")
@@ -371,6 +378,14 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """The one-line error on stderr; with --json also ``{"ok": false, "error": ...}`` on stdout."""
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": message}))
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -388,21 +403,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.env = env
+    if args.command in PATH_COMMANDS:
+        log.info("%s", cfg.describe())  # once: which case (volume, container, plain machine) was chosen
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)  # `docker stop`: clean up like Ctrl-C
     try:
         return args.func(cfg, args)
     except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, str(exc), exc.exit_code)
     except OSError as exc:  # disk full, permissions, ...: one line, no traceback
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where} (free space or fix permissions, then rerun)", file=sys.stderr)
-        return 1
+        return _fail(args, f"{exc.strerror or exc}{where} (free space or fix permissions, then rerun)", 1)
     except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to complete", file=sys.stderr)
-        return 1
+        return _fail(args, "interrupted; run the same command again to complete", 1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

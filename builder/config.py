@@ -4,7 +4,8 @@ Entrypoints call ``BuildConfig.from_env(os.environ)`` and pass the result down;
 tests pass plain dicts.  Defaults follow seed 003:
 
 * ``COMFY_HOME``: ``/runpod-volume/builds/comfy-<id>`` when a network volume is
-  mounted, ``/runpod-volume/ComfyUI`` inside a container without one, and
+  mounted (``/runpod-volume`` is a mount point, or ``NETWORK_VOLUME=true`` declares it; a
+  folder of that name alone is not one: realize itself creates it in a container), ``/runpod-volume/ComfyUI`` inside a container without one, and
   ``~/comfy-<id>`` on a workstation.
 * ``COMFY_CACHE_ROOT``: ``/runpod-volume/cache/runpod-comfy`` on a volume or in a
   container, else ``~/.cache/runpod-comfy``.
@@ -34,6 +35,7 @@ BUILD_ENV: tuple[EnvVar, ...] = (
     EnvVar("COMFY_HOME", "see Paths", "Where a version is realized (ComfyUI checkout, custom_nodes, venv)."),
     EnvVar("MODELS_DIR", "<COMFY_CACHE_ROOT>/models", "Models directory ComfyUI reads (checkpoints/, loras/, ...)."),
     EnvVar("COMFY_CACHE_ROOT", "see Paths", "Shared cache: git objects, model blobs, resolved locks."),
+    EnvVar("NETWORK_VOLUME", "auto", "auto: /runpod-volume is a network volume when it is a mount point; true/false: declare it."),
     EnvVar("COMFY_OFFLINE", "false", "true: resolve/realize use only local caches, never the network."),
     EnvVar("VERSIONS_DIR", "<repo>/versions", "Where version specs versions/<id>.json live."),
     EnvVar("HF_TOKEN", "", "Hugging Face token, sent only to the Hugging Face host."),
@@ -50,6 +52,29 @@ def truthy(value: str | None) -> bool:
 
 def in_container(root: Path = Path("/")) -> bool:
     return (root / ".dockerenv").exists() or (root / "run/.containerenv").exists()
+
+
+def is_mount_point(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """True when ``path`` is a mount point (a bind mount of the same filesystem included)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        lines = mountinfo.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    # field 5 is the mount point, octal-escaped (\040 for a space)
+    points = {ln.split()[4].encode().decode("unicode_escape") for ln in lines if len(ln.split()) > 4}
+    return str(path) in points
+
+
+def volume_declared(env: Mapping[str, str], volume_root: Path) -> bool:
+    """NETWORK_VOLUME=true/false declares it; auto (default) asks whether volume_root is a mount point."""
+    raw = (env.get("NETWORK_VOLUME") or "auto").strip().lower()
+    if raw == "auto":
+        return is_mount_point(volume_root)
+    if raw in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        return truthy(raw)
+    raise ValueError(f"NETWORK_VOLUME={raw!r}: use auto, true or false")
 
 
 @dataclass(frozen=True)
@@ -79,7 +104,7 @@ class BuildConfig:
         container: bool | None = None,
     ) -> "BuildConfig":
         home = Path(env.get("HOME") or os.path.expanduser("~"))
-        volume = volume_root.is_dir()
+        volume = volume_declared(env, volume_root)
         in_ctr = in_container() if container is None else container
         if env.get("COMFY_CACHE_ROOT"):
             cache_root = Path(env["COMFY_CACHE_ROOT"]).expanduser()
@@ -106,6 +131,12 @@ class BuildConfig:
             civitai_token=env.get("CIVITAI_TOKEN", ""),
             civitai_endpoint=(env.get("CIVITAI_ENDPOINT") or "https://civitai.com").rstrip("/"),
         )
+
+    def describe(self) -> str:
+        """One line for the start-up log: which case was chosen and where the cache is."""
+        case = ("network volume at /runpod-volume" if self.volume_mounted
+                else "container without a network volume" if self.container else "plain machine (no container)")
+        return f"paths: {case}; cache {self.cache_root}; models {self.models_dir}"
 
     # --- derived paths -------------------------------------------------------------
     def comfy_home_for(self, version_id: str) -> Path:

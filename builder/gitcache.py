@@ -82,11 +82,19 @@ def redact_text(text: str) -> str:
     return re.sub(r"(https?://)[^/@\s]+@", r"\1***@", text)
 
 
+NETWORK_HINT = ("check the URL, the network and your git credentials; without the network: "
+                "COMFY_OFFLINE=1 or --offline, with the repos already in the git cache")
+
+
 def _network_retry(fn):
     from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+    def say_retry(state) -> None:  # one line per retry, never the traceback
+        log.warning("%s; retry %d of 2 in %.0f s", state.outcome.exception(), state.attempt_number,
+                    state.next_action.sleep if state.next_action else 0)
+
     return retry(reraise=True, stop=stop_after_attempt(3), wait=wait_exponential(multiplier=1, max=8),
-                 retry=retry_if_exception_type(_TransientGitError))(fn)
+                 retry=retry_if_exception_type(_TransientGitError), before_sleep=say_retry)(fn)
 
 
 class _TransientGitError(GitError):
@@ -176,14 +184,13 @@ class GitCache:
         def attempt() -> None:
             proc = run_git(args, check=False, timeout=1800, what=redact(url))
             if proc.returncode != 0:
-                msg = (f"cannot fetch {redact(url)}: {last_line(proc.stderr)} "
-                       "(check the URL, the network and your git credentials)")
+                msg = f"cannot fetch {redact(url)}: {last_line(proc.stderr)}"
                 raise (_TransientGitError if remote else GitError)(msg)
 
         try:
             attempt()
         except _TransientGitError as exc:
-            raise GitError(str(exc)) from None
+            raise GitError(f"{exc} ({NETWORK_HINT})") from None
 
     def ls_remote(self, url: str) -> dict[str, str]:
         """Refs of the remote → SHA, annotated tags peeled to their commit."""
@@ -194,15 +201,14 @@ class GitCache:
         def attempt() -> None:
             proc = run_git(["ls-remote", git_source(url)], check=False, timeout=300, what=redact(url))
             if proc.returncode != 0:
-                msg = (f"cannot reach {redact(url)}: {last_line(proc.stderr)} "
-                       "(check the URL, the network and your git credentials)")
+                msg = f"cannot reach {redact(url)}: {last_line(proc.stderr)}"
                 raise (_TransientGitError if remote else GitError)(msg)
             proc_holder.append(proc)
 
         try:
             attempt()
         except _TransientGitError as exc:
-            raise GitError(str(exc)) from None
+            raise GitError(f"{exc} ({NETWORK_HINT})") from None
         return parse_ls_remote(proc_holder[-1].stdout)
 
     def local_refs(self, url: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import GitError, OfflineMissingError, ResolveError
-from .gitcache import GitCache, redact
+from .gitcache import NETWORK_HINT, GitCache, redact
 from .spec import RepoSpec, Spec
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,11 @@ def resolve_spec(spec: Spec, cache: GitCache, *, offline: bool, jobs: int = 4) -
         results = list(pool.map(one, items))
     missing = [r.what for r in results if isinstance(r, _Missing)]
     errors = [str(r) for r in results if isinstance(r, (ResolveError, GitError))]
-    if errors:
-        raise ResolveError("; ".join(errors))
+    if errors:  # one line: every repo's failure, the shared hint once
+        hint = f" ({NETWORK_HINT})"
+        shared = sum(e.endswith(hint) for e in errors) > 1
+        text = "; ".join(e.removesuffix(hint) if shared else e for e in errors)
+        raise ResolveError(text + (hint if shared else ""))
     if missing:
         raise OfflineMissingError(missing)
     shas = [str(r) for r in results]

@@ -91,7 +91,8 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
         try:
             addrs = resolver(host, port)
         except OSError as err:
-            raise InputError(f"{where}: cannot resolve host {host!r}: {err}", {"field": where}) from None
+            raise InputError(f"{where}: cannot resolve host {host!r}: {err} (check the URL, or send the image "
+                             "as base64)", {"field": where}) from None
         if not addrs:
             raise InputError(f"{where}: host {host!r} has no address", {"field": where})
         if not cfg.allow_private_urls:
@@ -116,8 +117,8 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
                                 redirect=False, preload_content=False)
         except urllib3.exceptions.HTTPError as err:
             _time_left(deadline, started, where, host, 0)
-            raise InputError(f"{where}: cannot fetch {safe_url(url)}: {type(err).__name__}",
-                             {"field": where}) from None
+            raise InputError(f"{where}: cannot fetch {safe_url(url)}: {type(err).__name__} (the worker cannot "
+                             f"reach {host}: check the URL, or send the image as base64)", {"field": where}) from None
         try:
             if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
                 url = urljoin(url, resp.headers["Location"])

@@ -71,11 +71,21 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
+    args = _handler_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return _run_handler(args, env)
+    except (WorkerError, ValueError) as err:  # no ComfyUI at COMFY_HOME, a bad setting: one line
+        if args.verbose:
+            raise
+        print(f"run-handler: {err}", file=sys.stderr)
+        return 1
+
+
+def _run_handler(args: argparse.Namespace, env: Mapping[str, str] | None) -> int:
     from rp_handler.handler import WorkerContext, handle, read_lock_digest
     from rp_handler.main import apply_version_limits, attach_cache, client_factory, open_model_cache, start_comfy
 
-    args = _handler_parser().parse_args(argv)
-    _setup_logging(args.verbose)
     env = _overlay(os.environ if env is None else env, COMFY_VERSION_ID=args.id, MODELS_DIR=args.models_dir,
                    COMFY_OFFLINE="1" if args.offline else None, GCS_BUCKET=args.gcs_bucket,
                    GCS_PREFIX=args.gcs_prefix, OUTPUT_MODE=args.output)
@@ -140,21 +150,31 @@ def _split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv[:i], extra
 
 
+def _ui_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="version.py run-ui", description="start ComfyUI's UI for a realized version")
+    p.add_argument("id", help="version id (versions/<id>.json, realized at COMFY_HOME)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8188, help="port (default 8188)")
+    p.add_argument("--models-dir", help="models folder (default MODELS_DIR)")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--extra-args", nargs=argparse.REMAINDER, metavar="-- ARG",
+                   help="last: everything after it goes to ComfyUI's main.py (e.g. --extra-args -- --preview-method auto)")
+    return p
+
+
 def run_ui(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     from rp_handler.main import write_models_yaml
     from rp_handler.process import ComfyProcess
 
     own, extra = _split_extra(list(argv))
-    p = argparse.ArgumentParser(prog="version.py run-ui", description="start ComfyUI's UI for a realized version")
-    p.add_argument("id")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8188)
-    p.add_argument("--models-dir")
-    p.add_argument("--verbose", action="store_true")
-    args = p.parse_args(own)
+    args = _ui_parser().parse_args(own)
     _setup_logging(args.verbose)
-    cfg = WorkerConfig.from_env(_overlay(os.environ if env is None else env, COMFY_VERSION_ID=args.id,
-                                         MODELS_DIR=args.models_dir))
+    try:
+        cfg = WorkerConfig.from_env(_overlay(os.environ if env is None else env, COMFY_VERSION_ID=args.id,
+                                             MODELS_DIR=args.models_dir))
+    except ValueError as err:
+        print(f"run-ui: {err}", file=sys.stderr)
+        return 2
     home = cfg.comfy_home
     extra_paths = None
     if cfg.build.models_dir.is_dir() and cfg.build.models_dir.resolve() != (home / "models").resolve():

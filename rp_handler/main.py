@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from rp_handler.atomic import write_atomic
 from rp_handler.config import WorkerConfig
+from rp_handler.errors import InputError, WorkerError
 from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
 from rp_handler.timings import current_job
 
@@ -213,9 +214,48 @@ def apply_version_limits(cfg: WorkerConfig) -> WorkerConfig:
         return cfg
 
 
-def main(env: Mapping[str, str] | None = None) -> int:
-    cfg = apply_version_limits(WorkerConfig.from_env(os.environ if env is None else env))
+def check_test_input(argv: list[str]) -> None:
+    """A malformed ``--test_input`` is one line here, not a traceback from inside the runpod SDK."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--test_input")
+    raw = parser.parse_known_args(argv)[0].test_input
+    if raw is None:
+        return
+    try:
+        job = json.loads(raw)
+    except ValueError as err:
+        raise InputError(f"--test_input is not valid JSON ({err}); give a job like "
+                         """'{"input": {"action": "status"}}'""") from None
+    if not isinstance(job, dict) or not isinstance(job.get("input"), dict):
+        raise InputError("""--test_input must be a JSON object with an "input" object, e.g. '{"input": {"action": "status"}}'""")
+
+
+def main(env: Mapping[str, str] | None = None, argv: list[str] | None = None) -> int:
+    """Expected failures (bad settings, no ComfyUI at COMFY_HOME, ...) end in one line and exit 1/2;
+    the traceback only with LOG_LEVEL=DEBUG."""
+    try:
+        cfg = apply_version_limits(WorkerConfig.from_env(os.environ if env is None else env))
+        check_test_input(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:  # InputError is one too
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     configure_logging(cfg.log_level)
+    log.info("%s; COMFY_HOME %s", cfg.build.describe(), cfg.comfy_home)
+    try:
+        return serve(cfg)
+    except (WorkerError, OSError) as err:
+        if cfg.log_level == "DEBUG":
+            raise
+        where = f": {err.filename}" if isinstance(err, OSError) and err.filename else ""
+        print(f"error: {err}{where}", file=sys.stderr)
+        return 1
+
+
+def serve(cfg: WorkerConfig) -> int:
+    """Own ComfyUI and run the runpod loop until it returns."""
     COLD.mark("imports_done")
     owned_io = cfg.io_dir is None
     io_dir = cfg.io_dir or Path(tempfile.mkdtemp(prefix="rp_handler-io-"))

@@ -6,8 +6,9 @@
     scripts/submit.py --endpoint ID --workflow my_api_workflow.json --sync
     scripts/submit.py --url http://127.0.0.1:8000 --template cpu_invert   # local --rp_serve_api worker
 
-Sends ``{"input": {"template", "params"}}`` or ``{"input": {"workflow"}}`` to
-``/run`` and follows ``/status/{id}`` (or ``/stream/{id}`` with ``--stream``), or
+Sends ``{"input": {"template", "params"}}`` (checked first against the worker's own
+workflows/*.manifest.json) or ``{"input": {"workflow"}}`` through the runpod SDK's
+endpoint client (``runpod.Endpoint``) to ``/run`` and follows ``/status/{id}`` (or ``/stream/{id}`` with ``--stream``), or
 waits on ``/runsync`` with ``--sync``.  Progress goes to stderr.  Outputs are
 saved under ``--out``: base64 payloads are decoded, http(s) URLs (GCS signed
 URLs) are downloaded.  A summary of the output, with files replaced by the
@@ -40,9 +41,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from builder.entry import ensure_for_script  # noqa: E402  (stdlib only)
+
+if __name__ == "__main__":
+    ensure_for_script(__file__)  # plain python3: re-run in the project's .venv
+
+import requests  # noqa: E402
 
 API_BASE = "https://api.runpod.ai/v2"
+ENV_HELP = """environment:
+  RUNPOD_API_KEY   the RunPod API key, needed with --endpoint (never printed; a local --url worker needs none)
+
+A template and its params are checked against workflows/*.manifest.json before anything is sent."""
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 FAILED_STATES = FINAL_STATES - {"COMPLETED"}
 _BASE64_KEYS = ("data", "base64", "image", "b64")
@@ -113,6 +124,16 @@ def build_input(args: argparse.Namespace) -> dict[str, Any]:
             raise SubmitError(f"--image {name}: cannot read {path}: {err.strerror}", 2) from None
         job.setdefault("images", []).append({"name": name, "image": base64.b64encode(data).decode()})
     return job
+
+
+def check_template(name: str, params: Mapping[str, Any] | None) -> None:
+    """The worker's own check (rp_handler.templates), before the job is sent: a one-line usage error."""
+    from rp_handler.templates import expand_template
+
+    try:
+        expand_template(name, params)
+    except ValueError as err:
+        raise SubmitError(f"{err} (see workflows/README.md; --no-local-check sends it anyway)", 2) from None
 
 
 def _ext_for(data: bytes) -> str:
@@ -219,61 +240,84 @@ class OutputSaver:
 
 
 class RunpodApi:
-    """The queue-endpoint API: /run, /runsync, /status/{id}, /stream/{id}, /cancel/{id}."""
+    """The endpoint through the runpod SDK's endpoint client (``runpod.Endpoint``).
 
-    def __init__(self, base: str, api_key: str | None, *, timeout: float = 60):
-        self.base = base.rstrip("/")
-        self.session = requests.Session()
-        if api_key:
-            self.session.headers["Authorization"] = f"Bearer {api_key}"
+    ``Endpoint.run`` submits, ``Job.cancel`` cancels; the SDK client (``Endpoint.rp_client``: auth
+    header, base URL ``runpod.endpoint_url_base``, its session) answers ``status``/``stream``/``runsync``
+    with RunPod's whole state dicts (status, progress ``output``, ``error``), which the SDK's ``Job``
+    methods reduce to the output alone. A local ``--rp_serve_api`` worker serves the same routes at its
+    root: its URL is the base and the endpoint id is ``.`` (``<url>/./run`` is ``<url>/run``).
+    """
+
+    def __init__(self, base: str, endpoint_id: str, api_key: str | None, *, timeout: float = 60):
+        import runpod
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        runpod.endpoint_url_base = base.rstrip("/")
+        self.shown = redact_url(base.rstrip("/") + ("" if endpoint_id == "." else f"/{endpoint_id}"))
+        self.endpoint = runpod.Endpoint(endpoint_id, api_key=api_key or "local")  # a local worker ignores it
+        self.client = self.endpoint.rp_client
+        # the SDK retries 5 times with up to 16 s sleeps; one quick retry says "unreachable" in seconds
+        retry = Retry(total=2, connect=1, backoff_factor=0.2, status_forcelist=[408, 429])
+        for scheme in ("http://", "https://"):
+            self.client.rp_session.mount(scheme, HTTPAdapter(max_retries=retry))
+        self.id = endpoint_id
         self.timeout = timeout
+        self.job = None
         # RunPod serves GET /status and /stream; the local --rp_serve_api answers POST only.
         self.poll_method = "GET"
 
-    def _call(self, method: str, path: str, *, body: Any = None, params: Mapping | None = None,
-              timeout: float | None = None) -> dict[str, Any]:
-        url = f"{self.base}{path}"
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        where = f"{what} {self.shown}"
         try:
-            resp = self.session.request(method, url, json=body, params=params, timeout=timeout or self.timeout)
+            data = fn()
+        except requests.HTTPError as err:
+            resp = err.response
+            snippet = " ".join((resp.text if resp is not None else "").split())[:200]
+            raise SubmitError(f"{where}: HTTP {resp.status_code if resp is not None else '?'}: {snippet}") from None
         except requests.RequestException as err:
-            raise SubmitError(f"{method} {redact_url(url)} failed: {type(err).__name__}") from None
-        if resp.status_code == 401:
-            raise SubmitError(f"{method} {redact_url(url)}: 401 unauthorized; check RUNPOD_API_KEY")
-        if resp.status_code >= 400:
-            snippet = " ".join(resp.text.split())[:200]
-            raise SubmitError(f"{method} {redact_url(url)}: HTTP {resp.status_code}: {snippet}")
-        try:
-            data = resp.json()
+            raise SubmitError(f"{where} failed: {type(err).__name__} (is the endpoint reachable?)") from None
+        except RuntimeError as err:  # the SDK's 401: "Unauthorized request, please check your API key."
+            raise SubmitError(f"{where}: 401 unauthorized; check RUNPOD_API_KEY ({err})") from None
         except ValueError:
-            raise SubmitError(f"{method} {redact_url(url)}: the answer is not JSON") from None
-        if not isinstance(data, dict):
-            raise SubmitError(f"{method} {redact_url(url)}: unexpected answer {str(data)[:100]}")
+            raise SubmitError(f"{where}: the answer is not JSON") from None
         return data
 
     def run(self, job_input: dict) -> dict:
-        return self._call("POST", "/run", body={"input": job_input})
+        self.job = self._call("POST /run", lambda: self.endpoint.run({"input": job_input}))
+        return {"id": self.job.job_id, "status": "IN_QUEUE"}
 
     def runsync(self, job_input: dict, wait_s: float) -> dict:
         wait_ms = int(min(max(wait_s, 1), 300) * 1000)
-        return self._call("POST", "/runsync", body={"input": job_input}, params={"wait": wait_ms},
-                          timeout=wait_s + 30)
+        data = self._call("POST /runsync", lambda: self.client.post(f"{self.id}/runsync?wait={wait_ms}",
+                                                                     {"input": job_input}, timeout=wait_s + 30))
+        return self._state(data, "/runsync")
+
+    def _state(self, data: Any, what: str) -> dict:
+        if not isinstance(data, dict):
+            raise SubmitError(f"{what} {self.shown}: unexpected answer {str(data)[:100]}")
+        return data
 
     def poll(self, kind: str, job_id: str) -> dict:
-        path = f"/{kind}/{job_id}"
+        path = f"{self.id}/{kind}/{job_id}"
         if self.poll_method == "GET":
             try:
-                return self._call("GET", path)
+                return self._state(self._call(f"GET /{kind}", lambda: self.client.get(path, timeout=self.timeout)),
+                                   f"/{kind}")
             except SubmitError as err:
                 if "HTTP 405" not in str(err):
                     raise
                 self.poll_method = "POST"
-        return self._call("POST", path)
+        return self._state(self._call(f"POST /{kind}", lambda: self.client.post(path, None, timeout=self.timeout)),
+                           f"/{kind}")
 
     def cancel(self, job_id: str) -> None:
-        try:
-            self._call("POST", f"/cancel/{job_id}", timeout=10)
-        except SubmitError:
-            pass
+        if self.job is not None and self.job.job_id == job_id:
+            try:
+                self.job.cancel(timeout=10)
+            except (requests.RequestException, RuntimeError, ValueError):
+                pass
 
 
 def _describe(state: Mapping[str, Any]) -> str:
@@ -328,7 +372,7 @@ def wait_for_job(api: RunpodApi, job: dict, *, stream: bool, poll_s: float, dead
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="submit.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENV_HELP)
     p.add_argument("--endpoint", help="RunPod endpoint id")
     p.add_argument("--url", help="base URL instead of the RunPod API, e.g. a local --rp_serve_api worker "
                                  "at http://127.0.0.1:8000")
@@ -342,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--sync", action="store_true", help="use /runsync")
     mode.add_argument("--stream", action="store_true", help="follow /stream/{id} instead of /status/{id}")
+    p.add_argument("--no-local-check", action="store_true",
+                   help="send --template/--param unchecked (an endpoint built from another checkout)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the job (default 1800)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between status polls (default 1)")
     return p
@@ -359,23 +405,25 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         if args.param and not args.template:
             raise SubmitError("--param needs --template (a --workflow is sent as is)", 2)
         if args.url:
-            base = args.url
+            base, endpoint_id = args.url, "."
         elif args.endpoint:
-            base = f"{args.api_base.rstrip('/')}/{args.endpoint}"
+            base, endpoint_id = args.api_base, args.endpoint
             if not api_key:
                 raise SubmitError("set RUNPOD_API_KEY to call a RunPod endpoint", 2)
         else:
             raise SubmitError("give --endpoint ID (RunPod) or --url URL (a local worker)", 2)
         job_input = build_input(args)
+        if "template" in job_input and not args.no_local_check:
+            check_template(job_input["template"], job_input.get("params"))
         # a local --rp_serve_api worker runs the job inside the /status or /runsync call
-        api = RunpodApi(base, api_key, timeout=args.timeout + 30)
+        api = RunpodApi(base, endpoint_id, api_key, timeout=args.timeout + 30)
         deadline = time.monotonic() + args.timeout
         if args.sync:
-            log(f"POST {redact_url(base)}/runsync")
+            log(f"POST {api.shown}/runsync")
             job = api.runsync(job_input, args.timeout)
         else:
             job = api.run(job_input)
-            log(f"submitted job {job.get('id')} to {redact_url(base)}")
+            log(f"submitted job {job.get('id')} to {api.shown}")
         try:
             final = wait_for_job(api, job, stream=args.stream, poll_s=args.poll, deadline=deadline, log=log)
         except KeyboardInterrupt:

@@ -104,7 +104,11 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = BuildConfig.from_env(os.environ if env is None else env)
+    try:
+        cfg = BuildConfig.from_env(os.environ if env is None else env)
+    except ValueError as exc:  # a malformed setting (NETWORK_VOLUME=maybe, ...): one line
+        print(f"verify_models: {exc}", file=sys.stderr)
+        return 2
     if args.jobs < 1:
         print("verify_models: --jobs must be at least 1", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from builder.models.sources import GcsSource
 from builder.models.writer import HashingWriter
 
 log = logging.getLogger(__name__)
+RETRY_S = 10.0  # seconds of retries for one GCS call before it is reported
 
 
 @dataclass
@@ -36,6 +38,31 @@ def make_client():
         return storage.Client.create_anonymous_client()
 
 
+def _retry():
+    """The library's retry policy (transient errors, 429/5xx) for RETRY_S in all, not its default 120 s."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(RETRY_S).with_delay(initial=0.5, maximum=2.0)
+
+
+@contextlib.contextmanager
+def _unreachable_as_one_line(label: str, what: str, client):
+    """A connection failure to GCS (requests / google-auth transport errors): one DownloadError line."""
+    import requests
+    from google.api_core.exceptions import RetryError
+    from google.auth import exceptions as gauth
+
+    try:
+        yield
+    except (requests.ConnectionError, requests.Timeout, gauth.TransportError, RetryError) as exc:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(getattr(client, "api_endpoint", "") or "https://storage.googleapis.com").netloc
+        raise DownloadError(f"{label}: cannot reach {host} ({type(exc).__name__}) while fetching {what}; check "
+                            "the network, or work offline (--offline / COMFY_OFFLINE=1) with the file already "
+                            "in the store") from None
+
+
 def download(
     src: GcsSource,
     tmp: Path,
@@ -50,7 +77,8 @@ def download(
     label = f"gs://{src.bucket}/{src.name}"
     client = client or make_client()
     try:
-        blob = client.bucket(src.bucket).get_blob(src.name)
+        with _unreachable_as_one_line(label, "its metadata", client):
+            blob = client.bucket(src.bucket).get_blob(src.name, retry=_retry())
     except gexc.NotFound:
         raise NotFoundError(f"{label}: bucket {src.bucket!r} does not exist (check the source)") from None
     except (gexc.Forbidden, gexc.Unauthorized) as exc:
@@ -67,7 +95,8 @@ def download(
     writer = HashingWriter(fd, algos, progress)
     try:
         try:
-            blob.download_to_file(writer, if_generation_match=blob.generation, checksum="auto")
+            with _unreachable_as_one_line(label, "its bytes", client):
+                blob.download_to_file(writer, if_generation_match=blob.generation, checksum="auto", retry=_retry())
         except gexc.NotFound:
             raise NotFoundError(f"{label}: object disappeared or changed while downloading (retry)") from None
         except gexc.GoogleAPICallError as exc:

@@ -24,9 +24,35 @@ from builder.models.writer import HashingWriter
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+ATTEMPTS = 3
+FIX = ("check the network, or set HF_ENDPOINT to a reachable mirror, or work offline (--offline / "
+       "COMFY_OFFLINE=1) with the files already in the store")
 
 
+class _Unreachable(Exception):
+    """A connection error, a timeout or a 429/5xx from the Hub: worth another attempt."""
 
+
+def _with_retries(fn: Callable[[], object], label: str, host: str):
+    """``fn()`` with up to ATTEMPTS tries, one warning line per retry, then one DownloadError line."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+    def say(state) -> None:
+        log.warning("%s; retry %d of %d in %.1f s", state.outcome.exception(), state.attempt_number,
+                    ATTEMPTS - 1, state.next_action.sleep if state.next_action else 0)
+
+    try:
+        for attempt in Retrying(stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=0.5, max=4),
+                                retry=retry_if_exception_type(_Unreachable), reraise=True, before_sleep=say):
+            with attempt:
+                return fn()
+    except _Unreachable as exc:
+        raise DownloadError(f"{exc}; gave up after {ATTEMPTS} attempts: {FIX}") from None
+
+
+def _transport_error(exc: BaseException) -> bool:
+    """httpx2/httpx transport errors (connect, timeout, protocol) without importing either by name."""
+    return any(k.__name__ in ("TransportError", "TimeoutException", "NetworkError") for k in type(exc).__mro__)
 
 
 @dataclass
@@ -68,8 +94,25 @@ def metadata(src: HfSource, *, endpoint: str, token: str):
 
     label = f"hf://{src.repo_id}@{src.revision}/{src.filename}"
     url = hf_hub_url(src.repo_id, src.filename, revision=src.revision, endpoint=endpoint)
+    host = host_of(url)
+
+    def head():  # huggingface_hub's own retries are off: ours log one line each
+        try:
+            return get_hf_file_metadata(url, token=token or False, endpoint=endpoint, retry_on_errors=False)
+        except hfe.HfHubHTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else 0
+            if code == 429 or code >= 500:
+                raise _Unreachable(f"{label}: HTTP {code} from {host} while reading the file's metadata") from None
+            raise
+        except Exception as exc:
+            if _transport_error(exc) or isinstance(exc, OSError):
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                raise _Unreachable(f"{label}: cannot reach {host} ({reason}) while reading the file's "
+                                   "metadata") from None
+            raise
+
     try:
-        meta = get_hf_file_metadata(url, token=token or False, endpoint=endpoint, retry_on_errors=True)
+        meta = _with_retries(head, label, host)
     except hfe.GatedRepoError:
         raise _token_error(label, 403, token, f"repo {src.repo_id} is gated") from None
     except hfe.RemoteEntryNotFoundError:
@@ -137,6 +180,9 @@ def download(
                 if code == 404:
                     raise NotFoundError(f"{label}: HTTP 404 at {redact_url(meta.location)}") from None
                 raise DownloadError(f"{label}: HTTP {code} from {redact_url(meta.location)}") from None
+            if _transport_error(exc):
+                raise DownloadError(f"{label}: download from {host_of(meta.location)} broke off "
+                                    f"({type(exc).__name__}); rerun to retry, or {FIX}") from None
             raise DownloadError(f"{label}: download failed ({type(exc).__name__})") from None
     finally:
         digests = writer.finish()

@@ -144,7 +144,7 @@ def _get(session: requests.Session, url: str, headers: dict, label: str) -> requ
     except requests.exceptions.InvalidURL as exc:
         raise DownloadError(f"{label}: invalid URL ({type(exc).__name__})") from None
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise Transient(f"{label}: cannot connect ({type(exc).__name__})") from None
+        raise Transient(f"{label}: cannot reach {host_of(url)} ({type(exc).__name__})") from None
 
 
 def _retrying() -> Retrying:
@@ -153,7 +153,8 @@ def _retrying() -> Retrying:
         wait=wait_exponential(multiplier=0.2, max=3),
         retry=retry_if_exception_type(Transient),
         reraise=True,
-        before_sleep=lambda rs: log.warning("retrying after: %s", rs.outcome.exception()),
+        before_sleep=lambda rs: log.warning("%s; retry %d of %d", rs.outcome.exception(), rs.attempt_number,
+                                            ATTEMPTS - 1),
     )
 
 
@@ -211,7 +212,8 @@ def _retry_call(fn, label):
             with attempt:
                 return fn()
     except Transient as exc:
-        raise DownloadError(f"{exc} (gave up after {ATTEMPTS} attempts)") from None
+        raise DownloadError(f"{exc}; gave up after {ATTEMPTS} attempts: check the network and the URL, or work "
+                            "offline (--offline / COMFY_OFFLINE=1) with the file already in the store") from None
 
 
 def _opened(session, url, headers, label, opts) -> requests.Response:

@@ -163,19 +163,23 @@ def _fetch(task: ModelTask, ctx: Context) -> tuple[Path, Digests, str | None]:
                 return blob, digests, None
             ctx.store.discard(blob)
         tmp_dir = ctx.store.temp_dir(task.sha256)
-        check_free_space(tmp_dir, task.size, task.label)
-        bar = ctx.progress.start(task.name, "downloading" if task.network else "copying", task.size)
         try:
-            with incomplete(tmp_dir / task.name, task.label) as tmp:
-                digests, resolved, remote_sha = _download(task, tmp, ctx, bar)
-                problem = _check(task, digests)
-                if problem is None and remote_sha and remote_sha != digests.hexdigest("sha256"):
-                    problem = (f"sha256:{remote_sha} (the Hub's LFS hash)", f"sha256:{digests.hexdigest('sha256')}")
-                if problem:
-                    raise ChecksumMismatch(task.label, *problem)
-                blob = ctx.store.commit(tmp, digests)
-        finally:
-            bar.close()
+            check_free_space(tmp_dir, task.size, task.label)
+            bar = ctx.progress.start(task.name, "downloading" if task.network else "copying", task.size)
+            try:
+                with incomplete(tmp_dir / task.name, task.label) as tmp:
+                    digests, resolved, remote_sha = _download(task, tmp, ctx, bar)
+                    problem = _check(task, digests)
+                    if problem is None and remote_sha and remote_sha != digests.hexdigest("sha256"):
+                        problem = (f"sha256:{remote_sha} (the Hub's LFS hash)", f"sha256:{digests.hexdigest('sha256')}")
+                    if problem:
+                        raise ChecksumMismatch(task.label, *problem)
+                    blob = ctx.store.commit(tmp, digests)
+            finally:
+                bar.close()
+        except BaseException:
+            ctx.store.prune(tmp_dir)  # no empty hash folder left behind by a failed fetch
+            raise
     log.info("%s: fetched %d bytes, sha256:%s", task.label, digests.size, digests.hexdigest("sha256"))
     return blob, digests, resolved
 
@@ -246,7 +250,7 @@ def realize_models(
     records = [rec for rec, _ in results]
     errors = [exc for _, exc in results if exc is not None]
     for exc in errors:
-        log.info("model problem: %s", exc)
+        log.debug("model problem: %s", exc)  # the caller prints it (table or error line)
     if errors and raise_on_error:
         first = errors[0]
         if len(errors) > 1:

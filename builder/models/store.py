@@ -100,9 +100,16 @@ class Store:
         Best effort: if the filesystem has no working flock the download just happens twice.
         """
         lock_dir = self.models / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
         path = lock_dir / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        for _ in range(3):  # another process may prune the empty .locks folder in between
+            lock_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         started = time.monotonic()
         next_log = started + 10
         try:
@@ -123,7 +130,21 @@ class Store:
                     break  # no flock on this filesystem: correctness does not need it
             yield
         finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # nothing left behind; a waiter holding the old inode just proceeds
             os.close(fd)
+            self.prune(lock_dir)
+
+    def prune(self, directory: Path) -> None:
+        """Remove ``directory`` and its parents up to the store root while they are empty."""
+        with contextlib.suppress(ValueError):
+            directory.relative_to(self.models)
+            while directory != self.root and directory.is_relative_to(self.root):
+                try:
+                    directory.rmdir()
+                except OSError:
+                    return  # not empty (or already gone and its parent in use)
+                directory = directory.parent
 
 
 def sweep_stale(directory: Path, max_age: float = STALE_TEMP_S) -> None:

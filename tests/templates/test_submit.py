@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -26,6 +27,17 @@ KEY = "rpa_TESTKEY_secret"
 SIGNATURE = "X-Goog-Signature=0123deadbeefSIGNATURE"
 PNG = (PROTOCOL_DIR / "sample_output_saveimage_64x64.png").read_bytes()
 PNG2 = PNG[:-12] + b"\x00" * 12  # different bytes, same magic
+
+
+@pytest.fixture(autouse=True)
+def _quiet_test_server_log():
+    """The stand-in server's access log (werkzeug) prints signed URLs; it is not the CLI's output, and a
+    root handler left by an earlier in-process CLI test would put it into this test's stderr."""
+    logger = logging.getLogger("werkzeug")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture
@@ -115,10 +127,14 @@ def test_runsync(httpserver, tmp_path, capsys):
 def test_failed_job_exits_1_with_the_error(httpserver, tmp_path, capsys):
     error = json.dumps({"error": "template 'sd15_txt2img': param 'steps'=500 is above the maximum 150",
                         "details": {"code": "invalid_input"}})
-    FakeRunpod(httpserver, fail_with=error, statuses=[])
-    rc, out, err = _run(capsys, ["--api-base", httpserver.url_for("/v2"), "--endpoint", "ep-test",
-                                 "--template", "sd15_txt2img", "--param", "steps=500", "--out", str(tmp_path / "o"),
-                                 "--poll", "0.01"])
+    rp = FakeRunpod(httpserver, fail_with=error, statuses=[])
+    argv = ["--api-base", httpserver.url_for("/v2"), "--endpoint", "ep-test", "--template", "sd15_txt2img",
+            "--param", "steps=500", "--out", str(tmp_path / "o"), "--poll", "0.01"]
+    rc, out, err = _run(capsys, argv)  # caught here, with the worker's own manifests: nothing is sent
+    assert rc == 2 and rp.runs == [] and out == ""
+    assert err == ("error: template 'sd15_txt2img': param 'steps' =500 is above the maximum 150 "
+                   "(see workflows/README.md; --no-local-check sends it anyway)\n")
+    rc, out, err = _run(capsys, [*argv, "--no-local-check"])  # the endpoint's answer
     assert rc == 1
     result = json.loads(out)
     assert result["status"] == "FAILED" and result["error"]["details"]["code"] == "invalid_input"
@@ -146,6 +162,13 @@ def test_argument_errors(httpserver, tmp_path, capsys):
     assert rc == 2 and "API-format" in err
     rc, _, err = _run(capsys, ["--url", "http://127.0.0.1:1", "--template", "cpu_invert", "--image", "a.png=/nope"])
     assert rc == 2 and "cannot read /nope" in err
+
+
+def test_help_says_what_it_reads_from_the_environment(capsys):
+    with pytest.raises(SystemExit):
+        submit.build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "RUNPOD_API_KEY" in out and "--no-local-check" in out
 
 
 def test_unreachable_endpoint(capsys):
@@ -259,6 +282,9 @@ def test_against_real_runpod_local_api(tmp_path):
         assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["out.png", "out_1.png", "out_2.png"]
         assert (tmp_path / "o" / "out.png").read_bytes() == PNG
         res = subprocess.run(cli + ["--template", "boom"], env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and res.stderr.startswith("error: unknown template 'boom'; available templates: ")
+        res = subprocess.run(cli + ["--template", "boom", "--no-local-check"], env=env, capture_output=True,
+                             text=True, timeout=60)
         assert res.returncode == 1 and "unknown template 'boom'" in res.stdout
     finally:
         proc.terminate()

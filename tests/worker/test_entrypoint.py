@@ -180,3 +180,44 @@ def test_production_loop_against_a_fake_runpod_api(tmp_path):
             api.close()
     text = log_path.read_text()
     assert "forwarding signal 15 to ComfyUI" in text and "Stopped server" in text, text[-3000:]
+
+
+@pytest.mark.parametrize("raw, says", [
+    ('{"input": {"action": ', "--test_input is not valid JSON (Expecting value"),
+    ('["input"]', '--test_input must be a JSON object with an "input" object'),
+])
+def test_malformed_test_input_is_one_line_before_runpod_or_comfyui(tmp_path, raw, says):
+    proc = subprocess.run([sys.executable, "-m", "rp_handler", "--test_input", raw], cwd=tmp_path,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: {says}") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "starting ComfyUI" not in proc.stdout
+
+
+def test_no_comfyui_at_comfy_home_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    env = _env(tmp_path, COMFY_HOME=str(tmp_path / "nothing-here"))
+    status = '{"input": {"action": "status"}}'
+    proc = subprocess.run([sys.executable, "-m", "rp_handler", "--test_input", status], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: no ComfyUI at {tmp_path / 'nothing-here'} (main.py missing): realize the version "
+                           "first (scripts/version.py realize <id>) or set COMFY_HOME\n")
+    assert "Traceback" not in proc.stdout and "; cache " in proc.stdout  # the paths line, logged once
+    debug = subprocess.run([sys.executable, "-m", "rp_handler", "--test_input", status], cwd=tmp_path,
+                           env=env | {"LOG_LEVEL": "DEBUG"}, capture_output=True, text=True, timeout=120)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_plain_python3_reexecs_in_the_project_venv(tmp_path):
+    """python3 without the pinned packages: builder.entry re-runs the command with .venv/bin/python."""
+    bare = subprocess.run(["python3", "-I", "-c", "import tenacity"], capture_output=True)
+    if bare.returncode == 0:
+        pytest.skip("this python3 has the pinned packages; nothing to re-exec")
+    env = _env(tmp_path, COMFY_HOME=str(tmp_path / "nothing-here"))
+    proc = subprocess.run(["python3", "-m", "rp_handler", "--test_input", "{"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --test_input is not valid JSON"), proc.stderr
+    for script in ("version.py", "verify_models.py", "submit.py"):
+        out = subprocess.run(["python3", f"scripts/{script}", "--help"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.startswith("usage: "), out.stderr
