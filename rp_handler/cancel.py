@@ -56,18 +56,21 @@ def queue_state(client: Any, prompt_id: str) -> str:
     return "gone"
 
 
-def wait_off_queue(client: Any, prompt_id: str, grace_s: float) -> str:
-    """Poll ComfyUI's queue for up to ``grace_s`` until ``prompt_id`` has left it (after an interrupt
-    or a delete); returns its last state, ``unreachable`` when ComfyUI does not answer."""
-    end = time.monotonic() + grace_s
-    while True:
+def settle_stopped(client: Any, supervisor: Any, generation: int, prompt_id: str, grace_s: float) -> None:
+    """After a stop: wait up to ``grace_s`` for the prompt to leave ComfyUI; a prompt still queued is
+    removed again, one still running (ignoring the interrupt) gets ComfyUI restarted, as after a timeout."""
+    from rp_handler.deadline import wait_stopped
+
+    state = wait_stopped(client, prompt_id, time.monotonic() + grace_s)
+    if state == "running":
         try:
-            state = queue_state(client, prompt_id)
+            if queue_state(client, prompt_id) == "pending":
+                stop_prompt(client.base_url, prompt_id)
+                return
         except errors.WorkerError:
-            return "unreachable"
-        if state == "gone" or time.monotonic() >= end:
-            return state
-        time.sleep(0.05)
+            pass
+    if state in ("running", "unresponsive") and supervisor is not None:
+        supervisor.replace(generation, f"prompt {prompt_id} ignored the stop for COMFY_INTERRUPT_GRACE_S={grace_s:g} s")
 
 
 class JobControl:

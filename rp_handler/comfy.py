@@ -127,7 +127,7 @@ class ComfyClient:
 
     def __init__(self, base_url: str, *, client_id: str | None = None, http_timeout: float = 30,
                  alive: Callable[[], bool] | None = None, died_grace_s: float = 1.0,
-                 history_poll_s: float = 5.0, submit_confirm_s: float = 10.0):
+                 history_poll_s: float = 5.0, submit_confirm_s: float = 10.0, interrupt_timeout_s: float = 5.0):
         parsed = urllib.parse.urlsplit(base_url.rstrip("/"))
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"ComfyUI base_url must be http://host:port, got {base_url!r}")
@@ -139,6 +139,7 @@ class ComfyClient:
         self.died_grace_s = died_grace_s
         self.history_poll_s = history_poll_s
         self.submit_confirm_s = submit_confirm_s  # how long a POST whose answer was lost is looked for
+        self.interrupt_timeout_s = interrupt_timeout_s  # at the deadline; no answer: ComfyUI is unresponsive
         self.partial_node_errors: dict[str, dict] = {}
         self._http = _Http(self.host, self.port, http_timeout)
         self._ws: websocket.WebSocket | None = None
@@ -260,7 +261,7 @@ class ComfyClient:
             raise errors.ComfyDied(f"ComfyUI at {self.base_url} is unreachable ({method} {path}): {exc}",
                                    {"url": self.base_url}) from exc
         except (socket.timeout, TimeoutError) as exc:
-            raise errors.ComfyProtocolError(f"ComfyUI did not answer {method} {path} within "
+            raise errors.ComfyUnresponsive(f"ComfyUI did not answer {method} {path} within "
                                             f"{timeout or self.http_timeout:g} s", {"path": path}) from exc
         except OSError as exc:
             raise errors.ComfyDied(f"ComfyUI at {self.base_url} failed ({method} {path}): {exc}",
@@ -482,7 +483,7 @@ class ComfyClient:
                 self._on_deadline(prompt_id, deadline)
             if self._ws_dead:
                 self._reconnect(prompt_id, deadline)
-                entry = self._poll_history(prompt_id, deadline)
+                entry = self._poll_history(prompt_id, deadline)  # also detects a dead ComfyUI
                 if _finished(entry):
                     done = True
                     break
@@ -559,7 +560,14 @@ class ComfyClient:
         self.partial_node_errors.pop(prompt_id, None)
 
     def _poll_history(self, prompt_id: str, deadline: float) -> dict:
-        return self.history(prompt_id, timeout=max(1.0, min(self.http_timeout, deadline - time.monotonic())))
+        """``/history`` of ``prompt_id``, never waiting past ``deadline``: a silent ComfyUI at the deadline
+        is a timed-out job (interrupted, then restarted when it stays silent), not a transient error."""
+        try:
+            return self.history(prompt_id, timeout=max(0.05, min(self.http_timeout, deadline - time.monotonic())))
+        except errors.ComfyUnresponsive:
+            if time.monotonic() >= deadline - 0.01:
+                self._on_deadline(prompt_id, deadline)
+            raise
 
     def _history_after_completion(self, prompt_id: str, deadline: float) -> dict:
         """History is written before the final frame; retry briefly in case of a race."""
@@ -573,16 +581,23 @@ class ComfyClient:
         return entry
 
     def _on_deadline(self, prompt_id: str, deadline: float) -> None:
+        """Interrupt ``prompt_id`` (``interrupt_timeout_s`` for ComfyUI to answer) and raise ComfyTimeout;
+        ``details["comfy_unresponsive"]`` says ComfyUI did not answer (its caller restarts it)."""
         log.warning("prompt %s passed its deadline; interrupting it", prompt_id)
+        stop = time.monotonic() + self.interrupt_timeout_s
+        details: dict[str, Any] = {"prompt_id": prompt_id}
         try:
-            self.interrupt(prompt_id, timeout=5)
-            self.delete_queued([prompt_id], timeout=5)
+            self.interrupt(prompt_id, timeout=max(0.05, self.interrupt_timeout_s))
+            self.delete_queued([prompt_id], timeout=max(0.05, stop - time.monotonic()))
+        except errors.ComfyUnresponsive as exc:
+            log.warning("ComfyUI did not answer the interrupt of prompt %s: %s", prompt_id, exc)
+            details["comfy_unresponsive"] = True
         except errors.WorkerError as exc:
             log.warning("could not interrupt prompt %s: %s", prompt_id, exc)
         with self._cv:
             self._buffers.pop(prompt_id, None)
         raise errors.ComfyTimeout(f"ComfyUI prompt {prompt_id} did not finish before the job deadline; "
-                                  "it was interrupted", {"prompt_id": prompt_id})
+                                  "it was interrupted", details)
 
 
 def _final_frame_seen(events: list[Event], prompt_id: str) -> bool:

@@ -22,11 +22,13 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("COMFY_EXTRA_ARGS", "", "Extra arguments for ComfyUI's main.py, shell-quoted."),
     EnvVar("COMFY_FORCE_CPU", "auto", "true: pass --cpu; auto: pass --cpu when no NVIDIA GPU is visible."),
     EnvVar("COMFY_BOOT_TIMEOUT_S", "300", "Seconds ComfyUI may take to answer /system_stats after spawn."),
-    EnvVar("COMFY_MAX_RESTARTS", "3", "ComfyUI crashes tolerated before the worker asks RunPod to refresh it."),
+    EnvVar("COMFY_MAX_RESTARTS", "3", "ComfyUI crashes tolerated within COMFY_CRASH_WINDOW_S before the worker asks RunPod to refresh it (kills the worker makes on purpose do not count)."),
+    EnvVar("COMFY_CRASH_WINDOW_S", "900", "Window in seconds over which ComfyUI crashes are counted against COMFY_MAX_RESTARTS."),
+    EnvVar("COMFY_PROBE_TIMEOUT_S", "3", "Seconds ComfyUI may take to answer the /system_stats liveness probe before a job; no answer: it is restarted."),
     EnvVar("JOB_TIMEOUT_S", "600", "Default job deadline when the input has no timeout_s."),
     EnvVar("JOB_MAX_TIMEOUT_S", "3600", "Largest timeout_s a job may ask for."),
     EnvVar("JOB_RETRIES", "1", "Whole-job retries for transient failures (ComfyUI died, out of memory): 0 or 1."),
-    EnvVar("COMFY_INTERRUPT_GRACE_S", "5", "Seconds a timed-out or stopped prompt may take to stop after the interrupt before ComfyUI is restarted."),
+    EnvVar("COMFY_INTERRUPT_GRACE_S", "5", "Seconds after a job's deadline for ComfyUI to answer the interrupt and stop the prompt; past that it is killed (SIGKILL, works on a frozen process) and restarted."),
     EnvVar("JOB_CONCURRENCY", "2", "Jobs in flight at once (1-4): with 2 the next job is staged and queued while one executes; 1: one job at a time."),
     EnvVar("OUTPUT_MODE", "gcs if GCS_BUCKET else base64", "Default output sink: gcs, base64 or local."),
     EnvVar("OUTPUT_LOCAL_DIR", "", "Folder for output mode local."),
@@ -151,6 +153,8 @@ class WorkerConfig:
     wait_ready_before_loop: bool = False  # WAIT_READY_BEFORE_LOOP
     boot_nice: int = 0  # WORKER_BOOT_NICE
     interrupt_grace_s: float = 5.0  # COMFY_INTERRUPT_GRACE_S
+    crash_window_s: float = 900.0  # COMFY_CRASH_WINDOW_S
+    probe_timeout_s: float = 3.0  # COMFY_PROBE_TIMEOUT_S
     job_concurrency: int = 2  # JOB_CONCURRENCY: jobs in flight at once (runpod's concurrency_modifier)
 
     @classmethod
@@ -213,6 +217,8 @@ class WorkerConfig:
             wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
             boot_nice=max(0, min(19, _int(env, "WORKER_BOOT_NICE", 0))),
             interrupt_grace_s=max(0.0, _float(env, "COMFY_INTERRUPT_GRACE_S", 5.0)),
+            crash_window_s=max(1.0, _float(env, "COMFY_CRASH_WINDOW_S", 900.0)),
+            probe_timeout_s=max(0.1, _float(env, "COMFY_PROBE_TIMEOUT_S", 3.0)),
             job_concurrency=max(1, min(4, _int(env, "JOB_CONCURRENCY", 2))),
         )
 

@@ -44,6 +44,12 @@ class ComfyProtocolError(WorkerError, RuntimeError):
     retryable = True
 
 
+class ComfyUnresponsive(ComfyProtocolError):
+    """ComfyUI's process is alive but did not answer an HTTP request in time (frozen, deadlocked)."""
+
+    code = "comfy_unresponsive"
+
+
 class PromptRejected(WorkerError, ValueError):
     """ComfyUI answered POST /prompt with 400 (validation): never retried."""
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rp_handler import errors
-from rp_handler.cancel import JobControl, stop_prompt, wait_off_queue
+from rp_handler.cancel import JobControl, settle_stopped
 from rp_handler.clients import ClientPool
 from rp_handler.config import WorkerConfig
+from rp_handler.deadline import JobDeadline, recover_after_timeout
 from rp_handler.events import Executed, Executing, ExecutionCached, Progress
 from rp_handler.inputs import cleanup_job, job_subfolder, rewrite_workflow, stage_images
 from rp_handler.job import Action, Job, parse_job
@@ -184,6 +185,9 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
         err.args = (f"the worker is shutting down (signal {sup.stop_signal}) and stopped ComfyUI during the job; "
                     "run the job again",)
         return
+    if generation in sup.kills:  # killed on purpose (frozen, ignored interrupt): the error already says so
+        err.details.setdefault("comfy_restarted", True)
+        return
     death = sup.death_of(generation, timeout=3.0)
     if death is None:
         return
@@ -197,23 +201,28 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
 def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, control: JobControl | None = None) -> dict:
     """Run ``job``; a transient failure (ComfyUI died, out of memory) gets one more attempt (JOB_RETRIES).
 
-    Validation errors are never retried.  A retried job's result lists what the first attempt hit
-    under ``retried`` (with ComfyUI's log tail when it died).
+    Validation errors and timeouts are never retried, and no retry starts after the job's deadline
+    (rp_handler.deadline).  A retried job's result lists what the first attempt hit under ``retried``
+    (with ComfyUI's log tail when it died).
     """
     cfg = ctx.cfg
     control = control or JobControl()
     failures: list[dict] = []
     state: dict[str, Any] = {}
+    deadline = JobDeadline(job.timeout_s)
 
     def attempt() -> dict:
         control.check()
-        generation = ctx.supervisor.ensure_ready(cfg.boot_timeout_s) if ctx.supervisor is not None else 0
+        generation = _comfy_for_attempt(ctx, deadline)
         state["generation"] = generation
         try:
-            return _run_on(generation, job, raw_job, ctx, timer, control)
+            return _run_on(generation, job, raw_job, ctx, timer, deadline, control)
         except errors.WorkerError as err:
             err.comfy_generation = generation  # type: ignore[attr-defined]
             sup = ctx.supervisor
+            if isinstance(err, errors.ComfyUnresponsive) and sup is not None:  # frozen: a retry gets a fresh one
+                if sup.replace(generation, f"it stopped answering during a job ({err})"):
+                    err.args = (f"{err}; ComfyUI was unresponsive and was killed and restarted",)
             if isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and sup is not None:
                 if isinstance(err, errors.ComfyDied):
                     sup.death_of(generation, timeout=3.0)  # the supervisor decides on giving up first
@@ -233,7 +242,8 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, contro
             ctx.supervisor.death_of(generation, timeout=5.0)  # the retry waits for the restarted ComfyUI
 
     try:
-        result = run_with_retry(attempt, on_retry=on_retry, attempts=1 + cfg.job_retries)
+        result = run_with_retry(attempt, on_retry=on_retry, attempts=1 + cfg.job_retries,
+                                give_up=lambda: deadline.passed)
     except errors.WorkerError as err:
         if failures:
             err.details.setdefault("retried", failures)
@@ -243,8 +253,26 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, contro
     return result
 
 
+def _comfy_for_attempt(ctx: WorkerContext, deadline: JobDeadline) -> int:
+    """A ready ComfyUI that answers the liveness probe (a frozen one is replaced first); a retry waits
+    for a restart only until the job's deadline."""
+    sup, cfg = ctx.supervisor, ctx.cfg
+    if sup is None:
+        return 0
+    left = deadline.left()
+    if left is None or left >= cfg.boot_timeout_s:
+        return sup.ensure_responsive(cfg.boot_timeout_s, cfg.probe_timeout_s)
+    try:
+        return sup.ensure_responsive(max(0.0, left), cfg.probe_timeout_s)
+    except errors.ComfyStartError as err:
+        if sup.gave_up:
+            raise
+        raise errors.ComfyTimeout(f"the job timed out after {deadline.timeout_s:g} s (timeout_s) while waiting for "
+                                  "the restarted ComfyUI to retry it", {"waiting_for": "comfy_restart"}) from err
+
+
 def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer,
-            control: JobControl) -> dict:
+            deadline: JobDeadline, control: JobControl) -> dict:
     """One attempt on ComfyUI incarnation ``generation``, with a client of its own for the attempt."""
     try:
         client = ctx.clients.acquire(generation)
@@ -252,12 +280,13 @@ def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer:
         err.before_submit = True  # type: ignore[attr-defined]
         raise
     try:
-        return _execute(client, job, raw_job, ctx, timer, control)
+        return _execute(client, generation, job, raw_job, ctx, timer, deadline, control)
     finally:
         ctx.clients.release(client, generation)
 
 
-def _execute(client: Any, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, control: JobControl) -> dict:
+def _execute(client: Any, generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer,
+             deadline: JobDeadline, control: JobControl) -> dict:
     cfg = ctx.cfg
     sink = make_sink(job.output, cfg, job.id)
     sub = job_subfolder(job.id, os.urandom(3).hex())
@@ -277,7 +306,7 @@ def _execute(client: Any, job: Job, raw_job: dict, ctx: WorkerContext, timer: Jo
     try:
         control.check()
         prompt_id = _submit(client, workflow, job, timer, control)
-        result = _wait(client, prompt_id, job, ctx, control,
+        result = _wait(client, generation, prompt_id, ctx, deadline, control,
                        on_event=_event_router(workflow, timer, progress, collector))
         timer.mark("execution_done")
         outputs = collector.finish(result.outputs)
@@ -343,20 +372,18 @@ def _submit(client: Any, workflow: dict, job: Job, timer: JobTimer, control: Job
     return prompt_id
 
 
-def _wait(client: Any, prompt_id: str, job: Job, ctx: WorkerContext, control: JobControl, *, on_event) -> Any:
-    deadline = time.monotonic() + job.timeout_s
+def _wait(client: Any, generation: int, prompt_id: str, ctx: WorkerContext, deadline: JobDeadline,
+          control: JobControl, *, on_event) -> Any:
+    grace_s = ctx.cfg.interrupt_grace_s
     try:
-        return client.wait(prompt_id, deadline=deadline, on_event=on_event, stopped=lambda: control.stopped)
+        return client.wait(prompt_id, deadline=deadline.start(), on_event=on_event, stopped=lambda: control.stopped)
     except errors.Cancelled:
         # Stopped by RunPod: the prompt was removed or interrupted; it must end before the next job.
-        if _recover_after_timeout(ctx, client, prompt_id):
-            log.warning("prompt %s ignored the stop; ComfyUI was restarted", prompt_id)
+        settle_stopped(client, ctx.supervisor, generation, prompt_id, grace_s)
         raise
     except errors.ComfyTimeout as err:
-        if _recover_after_timeout(ctx, client, prompt_id):
-            err.args = (f"ComfyUI prompt {prompt_id} did not finish before the job deadline and ignored the "
-                        "interrupt; ComfyUI was restarted",)
-            err.details["comfy_restarted"] = True
+        recover_after_timeout(err, client=client, supervisor=ctx.supervisor, generation=generation,
+                              deadline=deadline, grace_s=grace_s)
         raise
 
 
@@ -403,28 +430,6 @@ def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, c
     return on_event
 
 
-def _recover_after_timeout(ctx: WorkerContext, client: Any, prompt_id: str) -> bool:
-    """After a timeout or a stop our prompt was interrupted (or removed from the queue); if it still
-    runs after COMFY_INTERRUPT_GRACE_S, restart ComfyUI. Another job's prompt running is no reason to.
-
-    Returns True when ComfyUI was killed. The kill is waited for, so the next job never reaches
-    the dying process (it waits for the restarted one instead).
-    """
-    grace = ctx.cfg.interrupt_grace_s
-    state = wait_off_queue(client, prompt_id, grace)
-    if state == "pending":  # queued behind another job's prompt: remove it again, nothing to restart
-        stop_prompt(client.base_url, prompt_id)
-        return False
-    sup = ctx.supervisor
-    if state in ("running", "unreachable") and sup is not None and sup.proc.alive:
-        log.warning("ComfyUI did not stop prompt %s within %.1f s of the interrupt (COMFY_INTERRUPT_GRACE_S); "
-                    "restarting it", prompt_id, grace)
-        sup.proc.send_signal(9)
-        sup.proc.wait_exit(timeout=10)
-        return True
-    return False
-
-
 def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
     """Bound ComfyUI's history: delete our entries in batches (one HTTP call per batch)."""
     with ctx._lock:
@@ -468,6 +473,7 @@ def status_payload(ctx: WorkerContext) -> dict:
     comfy: dict[str, Any] = {"url": ctx.url}
     if sup is not None:
         comfy.update(running=sup.proc.alive, ready=sup.ready, pid=sup.proc.pid, restarts=sup.restarts,
+                     crashes=len(sup.crashes), killed_on_purpose=len(sup.kills),
                      generation=sup.generation, gave_up=sup.gave_up)
         if not sup.proc.alive and sup.last_exit_tail:
             comfy["log_tail"] = sup.last_exit_tail[-10:]

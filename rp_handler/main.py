@@ -76,7 +76,8 @@ def start_comfy(cfg: WorkerConfig, *, io_dir: Path, cache: Any = None) -> Superv
     elif models.is_dir() and models.resolve() != (home / "models").resolve():
         extra = write_models_yaml(models, io_dir / "extra_model_paths.yaml")
     proc = ComfyProcess(cfg, home, extra_model_paths=extra, dirs=ComfyDirs.under(io_dir))
-    sup = Supervisor(proc, max_restarts=cfg.max_restarts, boot_timeout_s=cfg.boot_timeout_s)
+    sup = Supervisor(proc, max_restarts=cfg.max_restarts, boot_timeout_s=cfg.boot_timeout_s,
+                     crash_window_s=cfg.crash_window_s)
     sup.start()
     return sup
 
@@ -106,7 +107,9 @@ def client_factory(sup: Supervisor | None = None):
         from rp_handler.comfy import ComfyClient
 
         # Bound to this incarnation: a job must not wait on a restarted ComfyUI that never saw its prompt.
-        client = ComfyClient(url, alive=sup.proc.liveness() if sup is not None else None)
+        # At a job's deadline ComfyUI has COMFY_INTERRUPT_GRACE_S to answer the interrupt.
+        client = ComfyClient(url, alive=sup.proc.liveness() if sup is not None else None,
+                             interrupt_timeout_s=sup.proc.cfg.interrupt_grace_s if sup is not None else 5.0)
         client.connect()
         return client
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_fixed
 
 from rp_handler.errors import InputError, PromptRejected
 
@@ -41,8 +41,10 @@ def run_with_retry(
     on_retry: Callable[[BaseException, int], None] | None = None,
     wait_s: float = 0.0,
     attempts: int = MAX_ATTEMPTS,
+    give_up: Callable[[], bool] | None = None,
 ) -> T:
-    """Call ``fn``; on a retryable error call ``on_retry(err, attempt)`` and try once more."""
+    """Call ``fn``; on a retryable error call ``on_retry(err, attempt)`` and try once more, unless
+    ``give_up()`` says no retry may start (e.g. the job's deadline has passed)."""
 
     def before_sleep(state: RetryCallState) -> None:
         err = state.outcome.exception() if state.outcome else None
@@ -51,7 +53,8 @@ def run_with_retry(
             on_retry(err, state.attempt_number)
 
     retrying = Retrying(
-        stop=stop_after_attempt(max(1, min(attempts, MAX_ATTEMPTS))),
+        stop=stop_any(stop_after_attempt(max(1, min(attempts, MAX_ATTEMPTS))),
+                      lambda state: give_up is not None and give_up()),
         retry=retry_if_exception(is_retryable),
         wait=wait_fixed(wait_s),
         before_sleep=before_sleep,

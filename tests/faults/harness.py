@@ -44,6 +44,8 @@ class Report:
     passed: int = 0
     worst_s: float = 0.0
     failures: list[str] = field(default_factory=list)
+    worst_result_s: float = 0.0  # the faulty job's answer (scenarios that report ``last_result_s``)
+    next_ok: int = 0  # trials whose next job succeeded (scenarios that report ``last_next_ok``)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +73,8 @@ def run_scenario(scenario: Scenario, trials: int, root: Path | None = None) -> R
                 tb = traceback.format_exception_only(type(err), err)[-1].strip()
                 report.failures.append(f"trial {i}: {tb[:1500]}")
             report.worst_s = max(report.worst_s, took)
+            report.worst_result_s = max(report.worst_result_s, getattr(scenario, "last_result_s", 0.0))
+            report.next_ok += bool(getattr(scenario, "last_next_ok", False))
     finally:
         scenario.teardown()
         if own:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -71,11 +75,13 @@ class ComfyFault:
     def __init__(self, name: str, faults: dict, *, expect: str, codes: tuple[str, ...] = (),
                  timeout_s: float | None = None, blur: bool = False, error_words: tuple[str, ...] = (),
                  restarts: bool | None = None, grace_s: float = 0.3, env: dict[str, str] | None = None,
-                 retried: tuple[str, ...] = ()):
+                 retried: tuple[str, ...] = (), freeze: str = ""):
         self.name, self.faults, self.expect, self.codes = name, faults, expect, codes
         self.timeout_s, self.blur, self.error_words = timeout_s, blur, error_words
         self.restarts, self.grace_s = restarts, grace_s  # restarts: must ComfyUI be restarted (None: either)
         self.env, self.retried = dict(env or {}), retried  # retried: codes the first attempt must report
+        self.freeze = freeze  # "mid-job" / "idle": SIGSTOP the fake ComfyUI process from outside
+        self.ci_trials = 5 if freeze else 20
         self.w: LiveWorker | None = None
 
     def setup(self, root: Path) -> None:
@@ -83,7 +89,8 @@ class ComfyFault:
 
         # The worker deletes its history entries in batches; keep them for check_outputs to read.
         self._batch, handler_module.HISTORY_DELETE_BATCH = handler_module.HISTORY_DELETE_BATCH, 10**9
-        self.w = LiveWorker(root, COMFY_MAX_RESTARTS="1000", COMFY_INTERRUPT_GRACE_S=str(self.grace_s), **self.env)
+        env = {"COMFY_MAX_RESTARTS": "1000", "COMFY_INTERRUPT_GRACE_S": str(self.grace_s), **self.env}
+        self.w = LiveWorker(root, **env)  # COMFY_MAX_RESTARTS=0 in env: kills on purpose must not count
 
     def teardown(self) -> None:
         import rp_handler.handler as handler_module
@@ -91,6 +98,23 @@ class ComfyFault:
         handler_module.HISTORY_DELETE_BATCH = getattr(self, "_batch", handler_module.HISTORY_DELETE_BATCH)
         if self.w is not None:
             self.w.close()
+
+    def _run_faulty(self, w: LiveWorker, job: dict, job_id: str) -> dict:
+        if self.freeze == "idle":
+            os.kill(w.sup.proc.pid, signal.SIGSTOP)
+        if self.freeze != "mid-job":
+            return w.run(job, job_id)
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(w.run(job, job_id)), daemon=True)
+        runner.start()
+        end = time.monotonic() + 10
+        while not json.loads(urllib.request.urlopen(f"{w.url}/queue", timeout=5).read())["queue_running"]:
+            assert time.monotonic() < end and runner.is_alive(), "the prompt never started running"
+            time.sleep(0.01)
+        os.kill(w.sup.proc.pid, signal.SIGSTOP)
+        runner.join(self.bound_s)
+        assert not runner.is_alive(), "the job never returned"
+        return result
 
     def trial(self, i: int) -> None:
         w = self.w
@@ -103,7 +127,7 @@ class ComfyFault:
         if self.timeout_s is not None:
             job["timeout_s"] = self.timeout_s
         try:
-            res = w.run(job, f"{self.name}-{i}")
+            res = self._run_faulty(w, job, f"{self.name}-{i}")
         finally:
             w.sup.ensure_ready(30)  # a restarted ComfyUI starts without faults
             w.faults({})
@@ -139,6 +163,11 @@ def comfy_scenarios() -> list:
         ComfyFault("history late after completion", {"history_delay_s": 0.3}, expect="ok", restarts=False),
         ComfyFault("job deadline passed", {"class_delay_s": {"ImageBlur": 0.5}}, expect="error", codes=("timeout",),
                    timeout_s=0.15, blur=True, error_words=("deadline", "interrupted"), restarts=False, grace_s=3.0),
+        ComfyFault("comfy frozen mid-job (SIGSTOP)", {"node_delay_s": 30}, expect="error", codes=("timeout",),
+                   timeout_s=0.5, error_words=("unresponsive", "restarted"), restarts=True, freeze="mid-job",
+                   env={"COMFY_MAX_RESTARTS": "0"}),
+        ComfyFault("comfy frozen while idle (SIGSTOP)", {}, expect="ok", restarts=True, freeze="idle",
+                   env={"COMFY_MAX_RESTARTS": "0", "COMFY_PROBE_TIMEOUT_S": "0.3"}),
         ComfyFault("interrupt ignored", {"ignore_interrupt": True, "node_delay_s": 30}, expect="error",
                    codes=("timeout",), timeout_s=0.3, error_words=("ignored the interrupt",), restarts=True),
     ]

@@ -69,3 +69,12 @@ def test_on_retry_failure_ends_the_job():
     with pytest.raises(ComfyDied, match="restart failed"):
         run_with_retry(fn, on_retry=on_retry)
     assert fn.calls == 1
+
+
+def test_no_retry_starts_once_give_up_says_so():
+    """The job's deadline bounds its retries: a retryable failure after it is the job's answer."""
+    fn = Flaky(ComfyDied("comfy exited"))
+    with pytest.raises(ComfyDied):
+        run_with_retry(fn, give_up=lambda: True)
+    assert fn.calls == 1
+    assert run_with_retry(Flaky(ComfyDied("comfy exited")), give_up=lambda: False) == "ok after 2"

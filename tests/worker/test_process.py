@@ -109,6 +109,52 @@ def test_forward_sigterm_stops_without_restart(fake_home):
         sup.stop(timeout=5)
 
 
+def test_kills_on_purpose_are_not_crashes(tiny_home):
+    sup = Supervisor(ComfyProcess(make_cfg(), tiny_home), max_restarts=1, boot_timeout_s=20, crash_window_s=600)
+    sup.start()
+    try:
+        for _ in range(3):
+            gen = sup.ensure_ready(20)
+            os.kill(sup.proc.pid, signal.SIGSTOP)  # frozen: SIGKILL still ends it
+            assert sup.replace(gen, "test: frozen")
+        assert len(sup.kills) == 3 and len(sup.crashes) == 0 and not sup.gave_up
+        gen = sup.ensure_ready(20)
+        os.kill(sup.proc.pid, signal.SIGKILL)  # crash 1 of 1 allowed
+        assert sup.death_of(gen, 10) is not None and not sup.gave_up
+        gen = sup.ensure_ready(20)
+        os.kill(sup.proc.pid, signal.SIGKILL)  # crash 2 within the window: a crash loop
+        assert sup.death_of(gen, 10) is not None and sup.gave_up
+    finally:
+        sup.stop(timeout=5)
+
+
+def test_crashes_older_than_the_window_do_not_count(tiny_home):
+    sup = Supervisor(ComfyProcess(make_cfg(), tiny_home), max_restarts=1, boot_timeout_s=20, crash_window_s=0.5)
+    sup.start()
+    try:
+        for _ in range(3):
+            gen = sup.ensure_ready(20)
+            time.sleep(0.6)  # the last crash is out of the window
+            os.kill(sup.proc.pid, signal.SIGKILL)
+            assert sup.death_of(gen, 10) is not None
+        sup.ensure_ready(20)
+        assert not sup.gave_up and sup.restarts == 3
+    finally:
+        sup.stop(timeout=5)
+
+
+def test_a_boot_that_fails_twice_gives_up(tiny_home, monkeypatch):
+    monkeypatch.setenv("TINY_MODE", "crash")
+    sup = Supervisor(ComfyProcess(make_cfg(), tiny_home), max_restarts=10, boot_timeout_s=20)
+    sup.start()
+    try:
+        with pytest.raises(ComfyStartError, match="needs replacing") as info:
+            sup.ensure_ready(30)
+        assert sup.gave_up and info.value.refresh_worker and sup.proc.starts == 2
+    finally:
+        sup.stop(timeout=5)
+
+
 def test_comfyui_is_spawned_without_preexec_fn(tiny_home, monkeypatch):
     """preexec_fn is unsafe once the worker runs threads (the cache copier does): never used."""
     import subprocess
