@@ -67,7 +67,8 @@ cmd=(docker buildx build --file Dockerfile --target "$mode" --tag "$tag")
 [ -n "${HF_TOKEN:-}" ] && cmd+=(--secret "id=hf_token,env=HF_TOKEN")
 [ -n "${CIVITAI_TOKEN:-}" ] && cmd+=(--secret "id=civitai_token,env=CIVITAI_TOKEN")
 if [ "$push" = 1 ]; then cmd+=(--push); else cmd+=(--load); fi
-cmd+=("${extra[@]}" .)
+# ${a[@]+"${a[@]}"}: an empty array under set -u is an error in bash before 4.4 (macOS has 3.2)
+cmd+=(${extra[@]+"${extra[@]}"} .)
 
 if [ "$dry_run" = 1 ]; then
   # One shell-ready line; arguments with characters a shell would read are single-quoted.
@@ -80,6 +81,28 @@ if [ "$dry_run" = 1 ]; then
 fi
 
 command -v docker >/dev/null || { echo "build_docker.sh: docker not found on PATH; install Docker with buildx" >&2; exit 1; }
+docker buildx version >/dev/null 2>&1 || {
+  echo "build_docker.sh: docker buildx is missing; install the buildx plugin (package docker-buildx-plugin or docker-buildx)" >&2
+  exit 1
+}
+# The Dockerfile needs BuildKit 0.16+ (Dockerfile frontend 1.10: secret mounts with env=). It names no
+# `# syntax=` image, so an offline builder works; an older one gets this message instead of a parse error.
+at_least() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -t. -k1,1n -k2,2n | head -n 1)" = "$2" ]; }
+case " ${extra[*]-} " in
+  *BUILDKIT_SYNTAX=*) ;;  # the user picked a frontend image: its version is what counts
+  *)
+    bk="$(docker buildx inspect 2>/dev/null | sed -n 's/^BuildKit version: *v\{0,1\}\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)"
+    if [ -n "$bk" ] && [ "$bk" != 0.0 ]; then
+      need="0.16" have="BuildKit $bk"
+    else  # the docker driver of some distro builds reports no version: the engine's tells it
+      bk="$(docker version --format '{{.Server.Version}}' 2>/dev/null | sed -n 's/^\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')"
+      need="27.3" have="Docker engine $bk"
+    fi
+    if [ -n "$bk" ] && ! at_least "$bk" "$need"; then
+      echo "build_docker.sh: $have is too old: the Dockerfile needs BuildKit 0.16+ (Docker 27.3+); upgrade, or add -- --build-arg BUILDKIT_SYNTAX=docker/dockerfile:1.10 (pulls that frontend)" >&2
+      exit 1
+    fi ;;
+esac
 echo "building $tag (mode $mode${version:+, version $version})" >&2
 "${cmd[@]}"
 

@@ -39,7 +39,7 @@ def tree(tmp_path):
     return root
 
 
-TOOLS = ("bash", "dirname", "sed")  # all build_docker.sh needs besides docker (and python3 for sizes)
+TOOLS = ("bash", "dirname", "sed", "sort", "head")  # all build_docker.sh needs besides docker (and python3 for sizes)
 
 
 def run(tree, *args, env_extra=None):
@@ -158,6 +158,17 @@ import json, os, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
     log.write(json.dumps({{"argv": args, "hf": os.environ.get("HF_TOKEN")}}) + "\n")
+if args[:2] == ["buildx", "version"]:
+    if os.environ.get("FAKE_NO_BUILDX"):
+        sys.exit("docker: unknown command: docker buildx")
+    print("github.com/docker/buildx v0.29.1")
+    sys.exit(0)
+if args[:2] == ["buildx", "inspect"]:
+    print("Name: default\nDriver: docker\nBuildKit version: " + os.environ.get("FAKE_BUILDKIT", "v0.25.1"))
+    sys.exit(0)
+if args[:1] == ["version"]:
+    print(os.environ.get("FAKE_ENGINE", "28.5.2"))
+    sys.exit(0)
 if args[:2] == ["buildx", "build"]:
     sys.exit(int(os.environ.get("FAKE_DOCKER_BUILD_RC", "0")))
 if args[:2] == ["image", "inspect"]:
@@ -189,7 +200,10 @@ def fake_docker(tmp_path):
 
 
 def calls(log) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    """The calls that build, inspect or push (the version checks before them left out)."""
+    checks = (["buildx", "version"], ["buildx", "inspect"], ["version"])
+    every = [json.loads(line) for line in log.read_text().splitlines()]
+    return [c for c in every if not any(c["argv"][:len(k)] == k for k in checks)]
 
 
 def test_build_then_prints_the_local_image_size(tree, fake_docker):
@@ -219,3 +233,50 @@ def test_a_failed_build_fails_the_script_and_prints_no_size(tree, fake_docker):
     assert proc.returncode == 17
     assert "image t:1" not in proc.stdout
     assert [c["argv"][:2] for c in calls(log)] == [["buildx", "build"]]
+
+
+def test_without_buildx_it_says_so_and_builds_nothing(tree, fake_docker):
+    env, log = fake_docker
+    proc = run(tree, "--version", "demo", "--tag", "t:1", env_extra={**env, "FAKE_NO_BUILDX": "1"})
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == ("build_docker.sh: docker buildx is missing; install the buildx plugin "
+                                           "(package docker-buildx-plugin or docker-buildx)")
+    assert calls(log) == []
+
+
+@pytest.mark.parametrize("buildkit, engine", [("v0.12.5", "24.0.7"), ("v0.0.0+unknown", "26.1.5")])
+def test_a_builder_too_old_for_the_dockerfile_is_named_and_builds_nothing(tree, fake_docker, buildkit, engine):
+    env, log = fake_docker
+    proc = run(tree, "--version", "demo", "--tag", "t:1",
+               env_extra={**env, "FAKE_BUILDKIT": buildkit, "FAKE_ENGINE": engine})
+    assert proc.returncode == 1
+    line = proc.stderr.splitlines()[0]
+    assert "is too old: the Dockerfile needs BuildKit 0.16+ (Docker 27.3+)" in line
+    assert ("BuildKit 0.12" if buildkit.startswith("v0.12") else "Docker engine 26.1") in line
+    assert calls(log) == []
+
+
+@pytest.mark.parametrize("buildkit, engine", [("v0.16.0", "1.0"), ("v0.0.0+unknown", "28.5.2+dfsg4")])
+def test_a_new_enough_builder_builds(tree, fake_docker, buildkit, engine):
+    env, log = fake_docker
+    proc = run(tree, "--version", "demo", "--tag", "t:1",
+               env_extra={**env, "FAKE_BUILDKIT": buildkit, "FAKE_ENGINE": engine})
+    assert proc.returncode == 0, proc.stderr
+    assert [c["argv"][:2] for c in calls(log)] == [["buildx", "build"], ["image", "inspect"]]
+
+
+def test_an_old_builder_with_a_frontend_image_named_is_let_through(tree, fake_docker):
+    env, log = fake_docker
+    proc = run(tree, "--version", "demo", "--tag", "t:1", "--", "--build-arg", "BUILDKIT_SYNTAX=docker/dockerfile:1.10",
+               env_extra={**env, "FAKE_BUILDKIT": "v0.12.5"})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_no_extra_arguments_is_fine_under_bash_3_2_rules(tree):
+    """`"${a[@]}"` of an empty array under `set -u` fails before bash 4.4: the script must not use it."""
+    text = (tree / "scripts" / "build_docker.sh").read_text()
+    for line in text.splitlines():
+        code = line.split("#", 1)[0]
+        assert '"${extra[@]}"' not in code.replace('${extra[@]+"${extra[@]}"}', ""), line
+    argv = dry(tree, "--version", "demo", "--tag", "t:1")
+    assert argv[-1] == "." and argv[-2] == "--load"

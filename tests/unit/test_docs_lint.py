@@ -44,7 +44,8 @@ OTHER_ENV = {
     "FAKE_COMFY_BOOT_DELAY_S": "tests/fakes/comfyui/main.py", "FAKE_COMFY_FAULTS": "tests/fakes/comfyui/main.py",
     "RUNPOD_ENDPOINT_ID": "tests/faults/fake_job_api.py",
     "CORE_LOADER_FOLDERS": "rp_handler/cache/refs.py", "MADV_DONTNEED": "builder/models/checksum.py",
-    "LEASE_S": "rp_handler/cache/leases.py",
+    "LEASE_S": "rp_handler/cache/leases.py", "DOCKER_E2E": "tests/docker/test_image_e2e.py",
+    "DOCKER_E2E_KEEP": "tests/docker/test_image_e2e.py", "DOCKER_E2E_REPORT": "tests/docker/test_image_e2e.py",
 }
 # Set for another program (runpod, ComfyUI, Python, pip/uv, docker, CUDA, the OS).
 FOREIGN_ENV = {
@@ -53,6 +54,7 @@ FOREIGN_ENV = {
     "PIP_INDEX_URL", "HF_HOME", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "CUDA_VISIBLE_DEVICES",
     "DOCKER_BUILDKIT", "BUILDKIT_PROGRESS", "RUNPOD_POD_ID", "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "RUNPOD_WEBHOOK_PING",
     "RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_AI_API_KEY", "RUNPOD_DEBUG_LEVEL", "RUNPOD_REALTIME_PORT", "PR_SET_PDEATHSIG",
+    "BUILDKIT_SYNTAX",
 }
 VERSION_PY = ("scripts/version.py",)
 SELF_REEXEC = {"scripts/version.py", "scripts/verify_models.py", "scripts/submit.py", "scripts/env_table.py"}
