@@ -28,9 +28,9 @@ def test_stop_interrupts_the_running_prompt_removes_the_queued_one_and_the_next_
     env["JOB_CONCURRENCY"] = "2"
     try:
         with worker_loop(env, tmp_path / "worker.log") as w:
-            api.queue("running", {"workflow": blur_chain(40, 1, 256)})
+            api.queue("running", {"workflow": blur_chain(150, 1, 512)})
             api.wait_progress("running", executing(3), 120)
-            api.queue("queued", {"workflow": blur_chain(40, 2, 256)})
+            api.queue("queued", {"workflow": blur_chain(150, 2, 512)})
             deadline = time.monotonic() + 60
             while not w.queue()["queue_pending"]:
                 assert time.monotonic() < deadline, "the second job's prompt never reached ComfyUI's queue"
