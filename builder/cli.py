@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .config import BuildConfig
@@ -23,8 +24,21 @@ from .errors import BuildError, LockError, SpecError, TargetModifiedError, Usage
 
 log = logging.getLogger(__name__)
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
-PASS_THROUGH = ("run-ui", "run-handler")
 PATH_COMMANDS = ("resolve", "realize", "lock", "delete", "verify-models")
+
+
+@dataclass(frozen=True)
+class PassThrough:
+    """A command another package implements: ``module.func(argv, env=...)``, imported only when run.
+
+    The builder never names the worker: ``scripts/version.py`` hands these in (``run-ui``,
+    ``run-handler``), so ``builder`` imports nothing of ``rp_handler``, not even by name.
+    """
+
+    name: str
+    module: str
+    func: str
+    help: str
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -89,7 +103,7 @@ def sha256_file(path: Path) -> str:
 
 # --- commands ----------------------------------------------------------------------
 def cmd_create(cfg: BuildConfig, args: argparse.Namespace) -> int:
-    from .lock import atomic_write
+    from .atomic import write_if_changed
     from .spec import SCHEMA_VERSION, model_target, validate
 
     nodes = [split_repo_ref(n) if isinstance(n, str) else n for n in json_or_file(args.nodes, "nodes")]
@@ -118,7 +132,7 @@ def cmd_create(cfg: BuildConfig, args: argparse.Namespace) -> int:
     validate(data, str(out), expected_id=out.name[:-5] if out.name.endswith(".json") else None)
     if out.exists() and not args.force:
         raise BuildError(f"{out} already exists (pass --force to overwrite, or choose another id/--output)")
-    atomic_write(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+    write_if_changed(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
     emit(args, {"spec": str(out)}, f"wrote {out}")
     return 0
 
@@ -218,7 +232,7 @@ def cmd_lock(cfg: BuildConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_clone(cfg: BuildConfig, args: argparse.Namespace) -> int:
-    from .lock import atomic_write
+    from .atomic import write_if_changed
     from .spec import load_json, validate
 
     src = spec_path_for(cfg, args.src)
@@ -229,7 +243,7 @@ def cmd_clone(cfg: BuildConfig, args: argparse.Namespace) -> int:
     validate(data, str(out), expected_id=args.dst)
     if out.exists() and not args.force:
         raise BuildError(f"{out} already exists (pass --force to overwrite, or choose another id)")
-    atomic_write(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+    write_if_changed(out, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
     emit(args, {"spec": str(out)}, f"wrote {out}")
     return 0
 
@@ -284,12 +298,10 @@ def _dispatch(module: str, func: str, argv: list[str], what: str, env: Mapping[s
     return int(target(argv, **kwargs) or 0)
 
 
-def cmd_run_ui(cfg: BuildConfig, args: argparse.Namespace) -> int:
-    return _dispatch("rp_handler.localrun", "run_ui", args.rest, "run-ui", args.env)
-
-
-def cmd_run_handler(cfg: BuildConfig, args: argparse.Namespace) -> int:
-    return _dispatch("rp_handler.localrun", "run_handler", args.rest, "run-handler", args.env)
+def _pass_through(cmd: PassThrough):
+    def run(cfg: BuildConfig, args: argparse.Namespace) -> int:
+        return _dispatch(cmd.module, cmd.func, args.rest, cmd.name, args.env)
+    return run
 
 
 def cmd_verify_models(cfg: BuildConfig, args: argparse.Namespace) -> int:
@@ -298,7 +310,8 @@ def cmd_verify_models(cfg: BuildConfig, args: argparse.Namespace) -> int:
 
 
 # --- parser ------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(pass_through: Sequence[PassThrough] = ()) -> argparse.ArgumentParser:
+    """The whole command line, one declaration a line (long on purpose: a table, read top to bottom)."""
     p = argparse.ArgumentParser(prog="version.py", description="Pinned ComfyUI versions: spec → lock → realized install.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -361,10 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--remove-spec", action="store_true", help="also delete versions/<id>.json")
     sp.add_argument("--force", action="store_true", help="delete even with local modifications")
 
-    for name, func, help_ in (("run-ui", cmd_run_ui, "start ComfyUI's UI for a realized version (rp_handler.localrun)"),
-                              ("run-handler", cmd_run_handler, "run the handler locally on a workflow (rp_handler.localrun)")):
-        sp = sub.add_parser(name, help=help_, description=help_, add_help=False)
-        sp.set_defaults(func=func)
+    for cmd in pass_through:
+        sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, add_help=False)
+        sp.set_defaults(func=_pass_through(cmd))
         sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed on (try --help)")
     sp = sub.add_parser("verify-models", help="check/fetch a version's models (builder.models.cli)",
                         description="check/fetch a version's models (builder.models.cli)")
@@ -386,11 +398,13 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+         pass_through: Sequence[PassThrough] = ()) -> int:
+    """Run one command; ``pass_through`` adds commands whose arguments all go to another package."""
+    parser = build_parser(pass_through)
     argv = list(sys.argv[1:] if argv is None else argv)
     i = next((n for n, a in enumerate(argv) if not a.startswith("-")), len(argv))
-    if i < len(argv) and argv[i] in PASS_THROUGH:  # everything after it belongs to the runtime's parser
+    if i < len(argv) and argv[i] in {c.name for c in pass_through}:  # the rest belongs to that command's parser
         args = parser.parse_args(argv[:i + 1])
         args.rest = argv[i + 1:]
     else:

@@ -63,6 +63,10 @@ class ModelError(BuildError, OSError):
 
 
 class ChecksumMismatch(ModelError):
+    """Bytes that do not hash to what was expected: the one class for it (models, cache copies, uploads)."""
+
+    code = "checksum_mismatch"
+
     def __init__(self, source: str, expected: str, actual: str):
         self.source, self.expected, self.actual = source, expected, actual
         super().__init__(f"checksum mismatch for {source}: expected {expected}, got {actual}")

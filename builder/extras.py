@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import json
 import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from . import comfyui
+from .atomic import write_if_changed
 from .errors import BuildError
-from .lock import atomic_write
 from .plan import SNAPSHOT_RELPATH
 from .spec import NVME_NODE_NAME
 
@@ -94,17 +93,6 @@ def snapshot_key(lock: dict, pip_digest: str | None, node_digest: str | None) ->
     return "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read()
-
-
 def _tail(path: Path, n: int = 15) -> list[str]:
     try:
         return path.read_text(errors="replace").splitlines()[-n:]
@@ -116,35 +104,31 @@ def _last_line(lines: list[str]) -> str:
     return next((ln.strip() for ln in reversed(lines) if ln.strip()), "(no output)")[:300]
 
 
-def fetch_object_info(python: Path, home: Path, *, timeout_s: float = 300.0) -> dict:
-    """Boot ``home/main.py`` with ``python`` on CPU, wait for /system_stats, GET /object_info, stop it."""
+def fetch_object_info(python: Path, home: Path, *, timeout_s: float = 300.0,
+                      extra_model_paths: Path | None = None) -> dict:
+    """Boot ``home/main.py`` with ``python`` on CPU, wait for /system_stats, GET /object_info, stop it.
+
+    ``extra_model_paths``: an extra_model_paths.yaml for this boot (e.g. to record which loader
+    lists which folder); every folder ComfyUI writes is under a temp dir.
+    """
     if not (home / "main.py").is_file():
         raise BuildError(f"no ComfyUI main.py in {home}: realize the version before taking an object_info snapshot")
     with tempfile.TemporaryDirectory(prefix="object-info-") as tmp:
         run = Path(tmp)
-        (run / "user").mkdir()
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", "--input-directory", str(run / "input"),
-               "--output-directory", str(run / "output"), "--temp-directory", str(run / "temp"),
-               "--user-directory", str(run / "user"), "--database-url", f"sqlite:///{run / 'user' / 'comfyui.db'}"]
+        port = comfyui.free_port()
+        dirs = comfyui.ComfyDirs.under(run)
+        dirs.create()
+        cmd = comfyui.launch_command(str(python), Path("main.py"), host="127.0.0.1", port=port, cpu=True,
+                                     extra_model_paths=extra_model_paths, dirs=dirs)
         log_path = run / "comfyui.log"
-        log.info("object_info snapshot: starting %s on %s", home / "main.py", url)
+        log.info("object_info snapshot: starting %s on port %d", home / "main.py", port)
         started = time.monotonic()
         deadline = started + timeout_s
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(cmd, cwd=home, stdin=subprocess.DEVNULL, stdout=log_file,
                                     stderr=subprocess.STDOUT)
             try:
-                _wait_ready(proc, url, deadline, log_path, started)
-                info = json.loads(_get(f"{url}/object_info", timeout=max(30.0, deadline - time.monotonic())))
-            except (OSError, ValueError, BuildError) as exc:
-                log.error("object_info snapshot failed; ComfyUI's last lines:\n%s", "\n".join(_tail(log_path, 30)))
-                if isinstance(exc, BuildError):
-                    raise
-                raise BuildError(f"GET {url}/object_info failed ({exc}); ComfyUI's last line: "
-                                 f"{_last_line(_tail(log_path))}") from None
+                info = _boot_and_read(proc, port, deadline, log_path)
             finally:
                 _stop(proc)
     if not isinstance(info, dict) or not info:
@@ -153,25 +137,27 @@ def fetch_object_info(python: Path, home: Path, *, timeout_s: float = 300.0) -> 
     return info
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, deadline: float, log_path: Path, started: float) -> None:
-    next_note = started + 15.0
-    while True:
-        if proc.poll() is not None:
-            raise BuildError(f"ComfyUI exited with code {proc.returncode} before answering /system_stats: "
-                             f"{_last_line(_tail(log_path))} (its last lines are logged above)")
+def _boot_and_read(proc: subprocess.Popen, port: int, deadline: float, log_path: Path) -> dict:
+    url = f"http://127.0.0.1:{port}"
+    try:
+        comfyui.wait_ready("127.0.0.1", port, alive=lambda: proc.poll() is None, deadline=deadline,
+                           what="ComfyUI (object_info snapshot)")
+        transport = comfyui.ComfyHttp("127.0.0.1", port, max(30.0, deadline - time.monotonic()))
         try:
-            _get(f"{url}/system_stats", timeout=2.0)
-            return
-        except (OSError, urllib.error.URLError):
-            pass
-        now = time.monotonic()
-        if now >= deadline:
-            raise BuildError(f"ComfyUI did not answer /system_stats within {now - started:.0f} s: "
-                             f"{_last_line(_tail(log_path))}")
-        if now >= next_note:
-            log.info("object_info snapshot: still waiting for ComfyUI (pid %s) after %.0f s", proc.pid, now - started)
-            next_note = now + 15.0
-        time.sleep(0.2)
+            return json.loads(transport.get("/object_info"))
+        finally:
+            transport.close()
+    except comfyui.NotReady as exc:
+        log.error("object_info snapshot failed; ComfyUI's last lines:\n%s", "\n".join(_tail(log_path, 30)))
+        if exc.exited:
+            raise BuildError(f"ComfyUI exited with code {proc.poll()} before answering /system_stats: "
+                             f"{_last_line(_tail(log_path))} (its last lines are logged above)") from None
+        raise BuildError(f"ComfyUI did not answer /system_stats within {exc.waited_s:.0f} s: "
+                         f"{_last_line(_tail(log_path))}") from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        log.error("object_info snapshot failed; ComfyUI's last lines:\n%s", "\n".join(_tail(log_path, 30)))
+        raise BuildError(f"GET {url}/object_info failed ({exc}); ComfyUI's last line: "
+                         f"{_last_line(_tail(log_path))}") from None
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -187,4 +173,4 @@ def _stop(proc: subprocess.Popen) -> None:
 def write_snapshot(path: Path, object_info: dict) -> None:
     """gzip JSON, written as ``<name>.<random>.incomplete`` + os.replace."""
     data = gzip.compress(json.dumps(object_info, separators=(",", ":"), sort_keys=True).encode(), mtime=0)
-    atomic_write(path, data)
+    write_if_changed(path, data)

@@ -9,12 +9,11 @@ absolute paths, so the same spec gives byte-identical locks anywhere.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_if_changed
 from .errors import LockError
 from .resolve import Resolution
 from .spec import Spec, model_target
@@ -63,29 +62,8 @@ def dumps(lock: dict) -> bytes:
     return (json.dumps(lock, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def atomic_write(path: Path, data: bytes) -> bool:
-    """Write ``data`` via ``<name>.<random>.incomplete`` + os.replace; False if already identical."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.incomplete")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return True
-
-
 def write_lock(path: Path, lock: dict) -> bool:
-    return atomic_write(path, dumps(lock))
+    return write_if_changed(path, dumps(lock))
 
 
 def shape_problems(lock: Any) -> list[str]:

@@ -16,44 +16,25 @@ import logging
 import os
 import secrets
 import shutil
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import bytecode
+from .atomic import write_if_changed
 from .config import BuildConfig
 from .errors import BuildError, LockError, OfflineMissingError, TargetModifiedError
 from .extras import NVME_NODE_SOURCE, fetch_object_info, install_tree, snapshot_key, tree_digest, write_snapshot
-from .gitcache import GitCache, is_dirty, is_git_checkout, read_head
-from .lock import atomic_write, build_lock, check, read_lock, write_lock
+from .gitcache import GitCache
+from .lock import build_lock, check, read_lock, write_lock
+from .observe import (NODE_TMP_SUFFIX, RealizeOptions, extra_model_paths_yaml, models_digest, observe,  # noqa: F401
+                      pip_inputs_digest, read_state, requirement_files)
 from .pip_install import (InstallRequest, closure, constraint_lines, find_installer, install,
                           installed_versions, requirement_roots, run_install_py)
-from .plan import EXTRA_PATHS_HEADER, NVME_NODE_NAME, SNAPSHOT_RELPATH, STATE_FILE, Action, Checkout, Flags, Observed, Plan, digest, make_plan
+from .plan import NVME_NODE_NAME, STATE_FILE, Action, Flags, Plan, make_plan
 from .resolve import resolve_spec
 from .spec import Spec
 
 log = logging.getLogger(__name__)
-
-NODE_TMP_SUFFIX = ".incomplete.disabled"
-COMFY_FOLDERS = ("audio_encoders", "checkpoints", "clip", "clip_vision", "configs", "controlnet", "diffusers",
-                 "diffusion_models", "embeddings", "gligen", "hypernetworks", "loras", "model_patches",
-                 "photomaker", "style_models", "text_encoders", "unet", "upscale_models", "vae", "vae_approx")
-
-
-@dataclass(frozen=True)
-class RealizeOptions:
-    target: Path | None = None
-    offline: bool = False
-    wheels_dir: Path | None = None
-    dry_run: bool = False
-    force: bool = False
-    python: Path = Path(sys.executable)
-    skip_models: bool = False
-    installer: str = "auto"
-    jobs: int = 4
-    snapshot_object_info: bool = False  # also when the spec sets options.snapshot_object_info
-    snapshot_timeout_s: float = 300.0
-    bytecode: bool = True  # compile ComfyUI, nodes and site-packages to .pyc (--no-bytecode: off)
 
 
 @dataclass
@@ -87,144 +68,9 @@ def ensure_lock(cfg: BuildConfig, spec: Spec, *, offline: bool, write: bool) -> 
     return lock, (write_lock(path, lock) if write else False)
 
 
-# --- observe -----------------------------------------------------------------------
-def read_state(home: Path) -> dict:
-    try:
-        data = json.loads((home / STATE_FILE).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def write_state(home: Path, state: dict) -> None:
-    atomic_write(home / STATE_FILE, (json.dumps(state, sort_keys=True, indent=2) + "\n").encode())
+    write_if_changed(home / STATE_FILE, (json.dumps(state, sort_keys=True, indent=2) + "\n").encode())
 
-
-def _observe_checkout(path: Path, sha: str, repo: str, cache: GitCache, pending: set[str]) -> Checkout:
-    exists = path.exists()
-    git = exists and is_git_checkout(path)
-    head = read_head(path) if git else None
-    dirty = None
-    if git and (head != sha or str(path) in pending):
-        dirty = is_dirty(path)
-    mirror_has = True
-    if head != sha:
-        mirror_has = cache.has_commit(repo, sha)
-    return Checkout(path=path, exists=exists, is_git=git, head=head, dirty=dirty, mirror_has=mirror_has)
-
-
-def requirement_files(home: Path, lock: dict) -> list[Path]:
-    files = [home / "requirements.txt"]
-    files += [home / "custom_nodes" / n["name"] / "requirements.txt" for n in lock["custom_nodes"]]
-    return [f for f in files if f.is_file()]
-
-
-def pip_inputs_digest(home: Path, spec: Spec, lock: dict, opts: RealizeOptions) -> str:
-    files = {str(f.relative_to(home)): f.read_bytes().decode("utf-8", "replace") for f in requirement_files(home, lock)}
-    return digest({"python": str(opts.python), "files": files, "packages": list(spec.python_packages),
-                   "constraints": list(spec.pip_constraints), "pins": list(spec.options.pin_installed),
-                   "index": [spec.options.pip_index_url, list(spec.options.pip_extra_index_urls)]})
-
-
-def model_path(rec: dict, home: Path, models_dir: Path) -> Path:
-    target = rec["target"]
-    if target.startswith("$COMFY_HOME/"):
-        return home / target[len("$COMFY_HOME/"):]
-    return models_dir / target
-
-
-def models_digest(lock: dict, models_dir: Path) -> str:
-    return digest({"dir": str(models_dir),
-                   "models": [[m["source"], m["target"], m.get("sha256"), m.get("size")] for m in lock["models"]]})
-
-
-def models_present(lock: dict, state: dict, home: Path, models_dir: Path) -> bool:
-    if state.get("models_digest") != models_digest(lock, models_dir):
-        return False
-    for rec in lock["models"]:
-        if rec.get("size") is None:
-            return False
-        try:
-            if model_path(rec, home, models_dir).stat().st_size != rec["size"]:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def extra_model_paths_yaml(models_dir: Path, lock: dict) -> bytes:
-    """ComfyUI's extra_model_paths.yaml pointing every model folder at MODELS_DIR."""
-    folders = set(COMFY_FOLDERS)
-    for rec in lock["models"]:
-        if not rec["target"].startswith("$COMFY_HOME/") and "/" in rec["target"]:
-            folders.add(rec["target"].split("/", 1)[0])
-    lines = [EXTRA_PATHS_HEADER.decode() + ": models live outside COMFY_HOME.", "runpod_comfy_models:",
-             f"  base_path: {json.dumps(str(models_dir))}", "  is_default: true"]
-    lines += [f"  {name}: {name}" for name in sorted(folders)]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def observe(cfg: BuildConfig, spec: Spec, lock: dict, home: Path, opts: RealizeOptions) -> Observed:
-    cache = GitCache(cfg.git_cache)
-    state = read_state(home)
-    pending = set(state.get("pending", []))
-    comfy = _observe_checkout(home, lock["comfy"]["commit"], lock["comfy"]["repo"], cache, pending)
-    nodes_dir = home / "custom_nodes"
-    nodes = {n["name"]: _observe_checkout(nodes_dir / n["name"], n["commit"], n["repo"], cache, pending)
-             for n in lock["custom_nodes"]}
-    leftovers = sorted(home.parent.glob(f"{home.name}.*.incomplete"))
-    if nodes_dir.is_dir():
-        leftovers += sorted(nodes_dir.glob(f"*{NODE_TMP_SUFFIX}"))
-        leftovers += sorted(p for p in home.glob("*.incomplete") if p.is_file())
-    stray = {}
-    for name in sorted(set(state.get("nodes", {})) - set(nodes)):
-        path = nodes_dir / name
-        if path.exists() and is_git_checkout(path):
-            stray[name] = Checkout(path=path, exists=True, is_git=True, head=read_head(path), dirty=is_dirty(path))
-    all_ok = comfy.head == lock["comfy"]["commit"] and all(
-        nodes[n["name"]].head == n["commit"] for n in lock["custom_nodes"])
-    leftovers += sorted((home / SNAPSHOT_RELPATH).parent.glob("*.incomplete"))
-    models_dir = cfg.models_dir
-    wanted = None if _inside(models_dir, home) else extra_model_paths_yaml(models_dir, lock)
-    try:
-        current = (home / "extra_model_paths.yaml").read_bytes()
-    except OSError:
-        current = None
-    pip_digest = pip_inputs_digest(home, spec, lock, opts) if all_ok else None
-    node_wanted = node_current = None
-    if spec.options.nvme_cache_node:
-        node_wanted = tree_digest(NVME_NODE_SOURCE)
-        if node_wanted is None:
-            log.warning("%s is missing from this checkout: the OnDemand cache node is not installed", NVME_NODE_SOURCE)
-    if spec.options.nvme_cache_node or state.get("nvme_cache_node"):
-        node_current = tree_digest(nodes_dir / NVME_NODE_NAME)
-    snap_wanted = snap_current = None
-    if opts.snapshot_object_info or spec.options.snapshot_object_info:
-        snap_wanted = snapshot_key(lock, pip_digest, node_current if spec.options.nvme_cache_node else None)
-        if (home / SNAPSHOT_RELPATH).is_file():
-            snap_current = state.get("object_info", {}).get("key")
-    python = str(opts.python)
-    done = state.get("bytecode") or {}
-    site_digest = None
-    if opts.bytecode and done.get("python") == python and done.get("site_dirs"):
-        site_digest = bytecode.packages_digest(done["site_dirs"])
-    return Observed(
-        python=python, site_digest=site_digest,
-        home=home, comfy=comfy, nodes=nodes, state=state, leftovers=tuple(leftovers), stray_nodes=stray,
-        pip_digest=pip_digest,
-        models_ok=models_present(lock, state, home, models_dir) if lock["models"] else True,
-        extra_paths_wanted=wanted, extra_paths_current=current,
-        nvme_node_wanted=node_wanted, nvme_node_current=node_current,
-        snapshot_wanted=snap_wanted, snapshot_current=snap_current,
-    )
 
 
 # --- execute -----------------------------------------------------------------------
@@ -348,7 +194,7 @@ class _Executor:
         self.save()
 
     def do_extra_paths(self, a: Action) -> None:
-        atomic_write(a.path, extra_model_paths_yaml(self.cfg.models_dir, self.lock))
+        write_if_changed(a.path, extra_model_paths_yaml(self.cfg.models_dir, self.lock))
 
     def do_bytecode(self, a: Action) -> None:
         python = str(self.opts.python)

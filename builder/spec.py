@@ -70,6 +70,8 @@ class Options:
     pip_extra_index_urls: tuple[str, ...] = ()
     nvme_cache_node: bool = True  # install the worker's OnDemand node into custom_nodes/nvme_cache
     snapshot_object_info: bool = False  # boot ComfyUI once at realize and keep its /object_info
+    warm_models: tuple[str, ...] = ()  # read by the worker: copied onto NVMe at start
+    limits: dict = field(default_factory=dict)  # read by the worker: {LIMIT_KEY: int}, the stricter value wins
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,11 @@ def _check_options(options: Any, out: _Problems) -> None:
 
 
 def validate(data: Any, source: str = "spec", *, expected_id: str | None = None) -> Spec:
-    """Return a :class:`Spec` or raise SpecError listing every problem."""
+    """Return a :class:`Spec` or raise SpecError listing every problem.
+
+    Long on purpose: one check a line in the spec's own key order, so every problem is collected in
+    one pass and the order of the messages follows the file.
+    """
     out = _Problems()
     if not isinstance(data, dict):
         raise SpecError(source, ["(root): must be a JSON object"])
@@ -370,6 +376,8 @@ def _build(data: dict) -> Spec:
         pip_extra_index_urls=tuple(opts.get("pip_extra_index_urls") or ()),
         nvme_cache_node=bool(opts.get("nvme_cache_node", True)),
         snapshot_object_info=bool(opts.get("snapshot_object_info", False)),
+        warm_models=tuple(m.strip() for m in opts.get("warm_models") or () if m.strip()),
+        limits=dict(opts.get("limits") or {}),
     )
     return Spec(
         version_id=data["version_id"],

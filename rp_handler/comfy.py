@@ -9,117 +9,27 @@ same clientId must close the old socket first (transcript 11). Workflows go to `
 
 from __future__ import annotations
 
-import http.client
 import logging
-import select
 import socket
 import threading
 import time
 import urllib.parse
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import orjson
 import websocket
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
+from builder.comfyui import STALE, ComfyHttp
 from rp_handler import errors
-from rp_handler.memory import is_oom
-from rp_handler.events import (
-    BinaryPreview,
-    Event,
-    Executed,
-    Executing,
-    ExecutionError,
-    ExecutionInterrupted,
-    ExecutionStart,
-    ExecutionSuccess,
-    parse_frame,
-)
+from rp_handler.events import BinaryPreview, Event, Executing, parse_frame
+from rp_handler.prompt_wait import PromptResult, Seen, WaitClock, result_of, summarize_node_errors  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-_STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, BrokenPipeError,
-          ConnectionResetError, ConnectionAbortedError)
 _MAX_BUFFERED_PROMPTS = 64
-
-
-@dataclass
-class PromptResult:
-    prompt_id: str
-    outputs: dict  # history "outputs": {node_id: {"images": [{filename, subfolder, type}], ...}}
-    status: dict
-    node_errors: dict
-    events: list[Event]
-    started_at: float | None = None  # time.monotonic() of execution_start
-    finished_at: float | None = None  # time.monotonic() of the final executing(node=None)
-    from_history: bool = field(default=False)  # completion learnt from /history (socket lost)
-
-
-class _Http:
-    """A keep-alive http.client connection; one retry when a reused connection was stale."""
-
-    def __init__(self, host: str, port: int, timeout: float):
-        self.host, self.port, self.timeout = host, port, timeout
-        self._conn: http.client.HTTPConnection | None = None
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None, *, idempotent: bool = True,
-                timeout: float | None = None) -> tuple[int, bytes]:
-        with self._lock:
-            for attempt in (0, 1):
-                if self._conn is not None and _peer_closed(self._conn):
-                    self._conn.close()  # closed by ComfyUI while idle: never send on it
-                    self._conn = None
-                reused = self._conn is not None
-                conn = self._conn or http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                self._conn = None
-                if timeout is not None:
-                    conn.timeout = timeout
-                    if conn.sock is not None:
-                        conn.sock.settimeout(timeout)
-                try:
-                    conn.request(method, path, body=body, headers=headers or {})
-                    resp = conn.getresponse()
-                    data = resp.read()
-                except _STALE:
-                    conn.close()
-                    if reused and attempt == 0 and idempotent:
-                        continue
-                    raise
-                except BaseException:
-                    conn.close()
-                    raise
-                if timeout is not None and conn.sock is not None:
-                    conn.sock.settimeout(self.timeout)
-                if resp.will_close:
-                    conn.close()
-                else:
-                    self._conn = conn
-                return resp.status, data
-        raise AssertionError("unreachable")
-
-
-def _peer_closed(conn: http.client.HTTPConnection) -> bool:
-    """True when the idle keep-alive socket was closed by the server (readable at EOF)."""
-    sock = conn.sock
-    if sock is None:
-        return False
-    try:
-        if not select.select([sock], [], [], 0)[0]:
-            return False
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
-        return True
 
 
 class ComfyClient:
@@ -141,7 +51,7 @@ class ComfyClient:
         self.submit_confirm_s = submit_confirm_s  # how long a POST whose answer was lost is looked for
         self.interrupt_timeout_s = interrupt_timeout_s  # at the deadline; no answer: ComfyUI is unresponsive
         self.partial_node_errors: dict[str, dict] = {}
-        self._http = _Http(self.host, self.port, http_timeout)
+        self._http = ComfyHttp(self.host, self.port, http_timeout)
         self._ws: websocket.WebSocket | None = None
         self._reader: threading.Thread | None = None
         self._cv = threading.Condition()
@@ -257,7 +167,7 @@ class ComfyClient:
             hdrs["Content-Type"] = "application/json"
         try:
             return self._http.request(method, path, data, hdrs, idempotent=idempotent, timeout=timeout)
-        except (ConnectionRefusedError, *_STALE) as exc:
+        except (ConnectionRefusedError, *STALE) as exc:
             raise errors.ComfyDied(f"ComfyUI at {self.base_url} is unreachable ({method} {path}): {exc}",
                                    {"url": self.base_url}) from exc
         except (socket.timeout, TimeoutError) as exc:
@@ -355,7 +265,7 @@ class ComfyClient:
             if node_errors:
                 self.partial_node_errors[prompt_id] = node_errors
                 log.warning("prompt %s queued, but some outputs are invalid and will not run: %s",
-                            prompt_id, _summarize_node_errors(node_errors))
+                            prompt_id, summarize_node_errors(node_errors))
             return str(answer.get("prompt_id") or prompt_id)
         with self._cv:
             self._buffers.pop(prompt_id, None)
@@ -367,7 +277,7 @@ class ComfyClient:
             error = answer.get("error") or {}
             node_errors = answer.get("node_errors") or {}
             msg = error.get("message") if isinstance(error, dict) else str(error)
-            summary = _summarize_node_errors(node_errors)
+            summary = summarize_node_errors(node_errors)
             details = error.get("details") if isinstance(error, dict) else ""
             text = f"ComfyUI rejected the workflow: {msg or 'invalid prompt'}"
             if summary:
@@ -456,74 +366,17 @@ class ComfyClient:
         with self._cv:
             self._cv.notify_all()
 
-    def wait(self, prompt_id: str, *, deadline: float,
-             on_event: Callable[[Event], None] | None = None,
+    def wait(self, prompt_id: str, *, deadline: float, on_event: Callable[[Event], None] | None = None,
              stopped: Callable[[], bool] | None = None) -> PromptResult:
         """Wait for the final ``executing(node=None)`` of ``prompt_id`` (``deadline`` is monotonic).
 
         ``stopped``: when it returns True the wait ends with ``errors.Cancelled`` (the caller has
         stopped the prompt; ``wake`` makes the wait notice at once).
         """
-        events: list[Event] = []
-        started = finished = None
-        failure: Event | None = None
-        t0 = time.monotonic()
-        next_log = t0 + 30
-        poll_every = self.history_poll_s
-        next_poll = t0 + poll_every
-        entry: dict = {}
-        done = False
-        while not done:
-            now = time.monotonic()
-            if stopped is not None and stopped():
-                self._abandon(prompt_id)
-                raise errors.Cancelled(f"the job was stopped while ComfyUI prompt {prompt_id} was queued or ran",
-                                       {"prompt_id": prompt_id})
-            if now >= deadline:
-                self._on_deadline(prompt_id, deadline)
-            if self._ws_dead:
-                self._reconnect(prompt_id, deadline)
-                entry = self._poll_history(prompt_id, deadline)  # also detects a dead ComfyUI
-                if _finished(entry):
-                    done = True
-                    break
-                poll_every = 0.25  # the socket may miss the rest (same-clientId gotcha): poll too
-                next_poll = time.monotonic() + poll_every
-            wake = min(deadline, next_poll, next_log)
-            if self.alive is not None:
-                wake = min(wake, time.monotonic() + 0.5)
-            batch = self._take(prompt_id, wake - time.monotonic())
-            for ev in batch:
-                events.append(ev)
-                if isinstance(ev, ExecutionStart):
-                    started = time.monotonic()
-                elif isinstance(ev, (ExecutionError, ExecutionInterrupted)):
-                    failure = ev
-                if on_event is not None:
-                    on_event(ev)
-                if isinstance(ev, Executing) and ev.node is None:
-                    finished = time.monotonic()
-                    done = True
-                    break
-            if done:
-                break
-            now = time.monotonic()
-            if not batch:
-                self._check_alive()
-            if now >= next_log:
-                log.info("still waiting for ComfyUI prompt %s after %.0f s (%d events so far)",
-                         prompt_id, now - t0, len(events))
-                next_log = now + 30
-            if now >= next_poll:
-                entry = self._poll_history(prompt_id, deadline)  # also detects a dead ComfyUI
-                if _finished(entry):
-                    log.warning("prompt %s finished without its final websocket frame; using /history",
-                                prompt_id)
-                    done = True
-                    break
-                poll_every = min(poll_every * 2, self.history_poll_s)
-                next_poll = now + poll_every
-        finished = finished or time.monotonic()
+        clock = WaitClock(deadline, self.history_poll_s, check_alive=self.alive is not None)
+        seen = Seen()
+        entry = self._follow(prompt_id, clock, seen, on_event, stopped)
+        seen.finished = seen.finished or time.monotonic()
         with self._cv:
             self._buffers.pop(prompt_id, None)
         from_history = bool(entry)
@@ -531,7 +384,7 @@ class ComfyClient:
             try:
                 entry = self._history_after_completion(prompt_id, deadline)
             except errors.ComfyDied:
-                if not _final_frame_seen(events, prompt_id):
+                if not any(isinstance(ev, Executing) and ev.node is None for ev in seen.events):
                     raise
                 # The prompt finished (its final frame came) and ComfyUI died right after, e.g. in the
                 # next job's prompt: this job's outputs are known from the websocket; no retry needed.
@@ -539,25 +392,46 @@ class ComfyClient:
         if not entry:
             log.warning("history of prompt %s is still empty after completion; using websocket outputs",
                         prompt_id)
-        result = PromptResult(
-            prompt_id=prompt_id,
-            outputs=entry.get("outputs") if entry else _outputs_from_events(events),
-            status=entry.get("status", {}) if entry else {
-                "status_str": "error" if failure else "success", "completed": failure is None,
-                "messages": []},
-            node_errors=self.partial_node_errors.pop(prompt_id, {}),
-            events=events, started_at=started, finished_at=finished, from_history=from_history,
-        )
-        if failure is None and entry:
-            failure = _failure_from_history(prompt_id, entry)
-        if failure is not None:
-            raise _failure_error(prompt_id, failure)
-        return result
+        return result_of(prompt_id, seen, entry, self.partial_node_errors.pop(prompt_id, {}),
+                         from_history=from_history)
 
-    def _abandon(self, prompt_id: str) -> None:
-        with self._cv:
-            self._buffers.pop(prompt_id, None)
-        self.partial_node_errors.pop(prompt_id, None)
+    def _follow(self, prompt_id: str, clock: WaitClock, seen: Seen,
+                on_event: Callable[[Event], None] | None, stopped: Callable[[], bool] | None = None) -> dict:
+        """Take events until the final frame (returns ``{}``) or /history shows the prompt done (its entry).
+
+        A lost websocket is reopened and /history polled often from then on (a frame may be missed);
+        a dead ComfyUI raises ComfyDied, the deadline ComfyTimeout (after the interrupt).
+        """
+        while True:
+            if stopped is not None and stopped():
+                with self._cv:
+                    self._buffers.pop(prompt_id, None)
+                self.partial_node_errors.pop(prompt_id, None)
+                raise errors.Cancelled(f"the job was stopped while ComfyUI prompt {prompt_id} was queued or ran",
+                                       {"prompt_id": prompt_id})
+            if clock.expired():
+                self._on_deadline(prompt_id, clock.deadline)
+            if self._ws_dead:
+                self._reconnect(prompt_id, clock.deadline)
+                entry = self._poll_history(prompt_id, clock.deadline)  # also detects a dead ComfyUI
+                if entry:
+                    return entry
+                clock.poll_soon()
+            batch = self._take(prompt_id, clock.until_wake())
+            if seen.absorb(batch, on_event):
+                return {}
+            if not batch:
+                self._check_alive()
+            if clock.log_due():
+                log.info("still waiting for ComfyUI prompt %s after %.0f s (%d events so far)",
+                         prompt_id, clock.waited, len(seen.events))
+            if clock.poll_due():
+                entry = self._poll_history(prompt_id, clock.deadline)  # also detects a dead ComfyUI
+                if entry:
+                    log.warning("prompt %s finished without its final websocket frame; using /history",
+                                prompt_id)
+                    return entry
+                clock.polled()
 
     def _poll_history(self, prompt_id: str, deadline: float) -> dict:
         """``/history`` of ``prompt_id``, never waiting past ``deadline``: a silent ComfyUI at the deadline
@@ -598,56 +472,3 @@ class ComfyClient:
             self._buffers.pop(prompt_id, None)
         raise errors.ComfyTimeout(f"ComfyUI prompt {prompt_id} did not finish before the job deadline; "
                                   "it was interrupted", details)
-
-
-def _final_frame_seen(events: list[Event], prompt_id: str) -> bool:
-    return any(isinstance(ev, Executing) and ev.node is None and ev.prompt_id == prompt_id for ev in events)
-
-
-def _finished(entry: dict) -> bool:
-    """ComfyUI writes a history entry only when the prompt is done."""
-    return bool(entry)
-
-
-def _outputs_from_events(events: list[Event]) -> dict:
-    out: dict = {}
-    for ev in events:
-        if isinstance(ev, Executed) and ev.node is not None and ev.output:
-            out[ev.node] = ev.output
-    return out
-
-
-def _failure_from_history(prompt_id: str, entry: dict) -> Event | None:
-    status = entry.get("status") or {}
-    if status.get("status_str") != "error":
-        return None
-    for kind, data in reversed(status.get("messages") or []):
-        if kind == "execution_error":
-            return ExecutionError(prompt_id=prompt_id, data=data)
-        if kind == "execution_interrupted":
-            return ExecutionInterrupted(prompt_id=prompt_id, data=data)
-    return ExecutionError(prompt_id=prompt_id, data={"exception_message": "ComfyUI reported an error",
-                                                     "exception_type": ""})
-
-
-def _failure_error(prompt_id: str, ev: Event) -> errors.WorkerError:
-    if isinstance(ev, ExecutionInterrupted):
-        return errors.Interrupted(
-            f"ComfyUI prompt {prompt_id} was interrupted at node {ev.node_id} ({ev.node_type})",
-            {"prompt_id": prompt_id, "node_id": ev.node_id, "node_type": ev.node_type})
-    assert isinstance(ev, ExecutionError)
-    details = {"prompt_id": prompt_id, "node_id": ev.node_id, "node_type": ev.node_type,
-               "exception_type": ev.exception_type, "exception_message": ev.exception_message}
-    text = (f"node {ev.node_id} ({ev.node_type}) failed: {ev.exception_type}: "
-            f"{ev.exception_message}").rstrip(": ")
-    return (errors.OutOfMemory if is_oom(details) else errors.ExecutionFailed)(errors.one_line(text), details)
-
-
-def _summarize_node_errors(node_errors: dict) -> str:
-    parts = []
-    for node_id, info in (node_errors or {}).items():
-        for err in (info or {}).get("errors", []):
-            detail = err.get("details")
-            parts.append(f"node {node_id} ({info.get('class_type')}): {err.get('message')}"
-                         + (f": {detail}" if detail else ""))
-    return "; ".join(parts)

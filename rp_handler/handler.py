@@ -6,15 +6,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rp_handler import errors
 from rp_handler.cancel import JobControl, settle_stopped
@@ -29,26 +27,16 @@ from rp_handler.outputs import OutputCollector, OutputFile, local_path, make_sin
 from rp_handler.process import ComfyDirs, Supervisor
 from rp_handler.progress import ProgressReporter
 from rp_handler.retry import run_with_retry
+from rp_handler.status import status_payload, warm_payload
 from rp_handler.timings import COLD, JobTimer, current_job
+
+if TYPE_CHECKING:  # imported by main while ComfyUI boots; the handler itself needs only their types
+    from rp_handler.cache.worker import WorkerCache
+    from rp_handler.comfy import ComfyClient, PromptResult
 
 log = logging.getLogger(__name__)
 
 HISTORY_DELETE_BATCH = 50
-
-
-def read_lock_digest(path: Path) -> str | None:
-    """``spec_digest`` of the running version's lock, else the lock file's sha256 (None without a lock)."""
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    try:
-        digest = json.loads(raw).get("spec_digest")
-        if isinstance(digest, str) and digest:
-            return digest
-    except (ValueError, AttributeError):
-        pass
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 @dataclass
@@ -57,14 +45,14 @@ class WorkerContext:
 
     cfg: WorkerConfig
     dirs: ComfyDirs
-    client_factory: Callable[[str], Any]  # base_url -> connected ComfyClient
+    client_factory: Callable[[str], ComfyClient]  # base_url -> connected client
     supervisor: Supervisor | None = None
     base_url: str = ""
-    progress_sender: Callable[[dict, Any], None] | None = None  # (job, payload), e.g. runpod's progress_update
+    progress_sender: Callable[[dict, dict], None] | None = None  # (job, payload), e.g. runpod's progress_update
     lock_digest: str | None = None
     version_id: str = ""
     status_hooks: list[Callable[[], dict]] = field(default_factory=list)
-    cache: Any = None  # rp_handler.cache.worker.WorkerCache when NVME_CACHE_DIR is set
+    cache: WorkerCache | None = None  # when NVME_CACHE_DIR is set
     jobs_done: int = 0
     jobs_since_free: int = 0
     cold_reported: bool = False
@@ -135,7 +123,6 @@ def handle(job: dict, ctx: WorkerContext, control: JobControl | None = None) -> 
         return result
     except errors.WorkerError as err:
         status = "cancelled" if isinstance(err, errors.Cancelled) else status
-        _attach_comfy_state(err, ctx, getattr(err, "comfy_generation", None))
         log.error("job %s failed: %s", job_id, err)
         return _cache_error(_error_payload(err, ctx, timer), ctx, job_id, cached)
     except Exception as err:  # never crash the worker loop
@@ -154,17 +141,6 @@ def _cache_error(payload: dict, ctx: WorkerContext, job_id: str, cached: bool) -
     if cached:
         ctx.cache.after_error(job_id, payload["details"])
     return payload
-
-
-def warm_payload(raw_input: Any, ctx: WorkerContext) -> dict:
-    """``{"action": "warm", "models": [...] | "workflow": {...}, "wait": bool}``: preload into the NVMe cache."""
-    from rp_handler.cache.actions import parse_warm
-
-    req = parse_warm(raw_input, max_timeout_s=ctx.cfg.job_max_timeout_s)
-    if ctx.cache is None:
-        raise errors.InputError("the NVMe model cache is off on this worker (NVME_CACHE_DIR is not set): "
-                                "nothing to warm", {"field": "action"})
-    return ctx.cache.warm(req)
 
 
 def _error_payload(err: BaseException, ctx: WorkerContext, timer: JobTimer) -> dict:
@@ -198,6 +174,20 @@ def _attach_comfy_state(err: errors.WorkerError, ctx: WorkerContext, generation:
     err.args = (f"{err} (ComfyUI exited with code {rc}; last log line: {errors.one_line(last, 200)})",)
 
 
+def _after_failure(err: errors.WorkerError, ctx: WorkerContext, generation: int) -> None:
+    """Decide whether a failed attempt may be retried, and say in ``err`` what happened to ComfyUI."""
+    sup = ctx.supervisor
+    if isinstance(err, errors.ComfyUnresponsive) and sup is not None:  # frozen: a retry gets a fresh one
+        if sup.replace(generation, f"it stopped answering during a job ({err})"):
+            err.args = (f"{err}; ComfyUI was unresponsive and was killed and restarted",)
+    if isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and sup is not None:
+        if isinstance(err, errors.ComfyDied):
+            sup.death_of(generation, timeout=3.0)  # the supervisor decides on giving up first
+        if sup.gave_up or sup.stopping:
+            err.retryable = False  # the worker is being replaced or shut down: nothing to retry on
+    _attach_comfy_state(err, ctx, generation)
+
+
 def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, control: JobControl | None = None) -> dict:
     """Run ``job``; a transient failure (ComfyUI died, out of memory) gets one more attempt (JOB_RETRIES).
 
@@ -206,10 +196,10 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, contro
     (with ComfyUI's log tail when it died).
     """
     cfg = ctx.cfg
-    control = control or JobControl()
     failures: list[dict] = []
     state: dict[str, Any] = {}
     deadline = JobDeadline(job.timeout_s)
+    control = control or JobControl()
 
     def attempt() -> dict:
         control.check()
@@ -218,22 +208,12 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, contro
         try:
             return _run_on(generation, job, raw_job, ctx, timer, deadline, control)
         except errors.WorkerError as err:
-            err.comfy_generation = generation  # type: ignore[attr-defined]
-            sup = ctx.supervisor
-            if isinstance(err, errors.ComfyUnresponsive) and sup is not None:  # frozen: a retry gets a fresh one
-                if sup.replace(generation, f"it stopped answering during a job ({err})"):
-                    err.args = (f"{err}; ComfyUI was unresponsive and was killed and restarted",)
-            if isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and sup is not None:
-                if isinstance(err, errors.ComfyDied):
-                    sup.death_of(generation, timeout=3.0)  # the supervisor decides on giving up first
-                if sup.gave_up or sup.stopping:
-                    err.retryable = False  # the worker is being replaced or shut down: nothing to retry on
+            _after_failure(err, ctx, generation)
             raise
 
     def on_retry(err: BaseException, number: int) -> None:
         generation = state.get("generation", 0)
         if isinstance(err, errors.WorkerError):
-            _attach_comfy_state(err, ctx, generation)
             failures.append(errors.to_payload(err))
         if isinstance(err, errors.OutOfMemory):
             with ctx.clients.lease(generation) as client:
@@ -251,6 +231,17 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, contro
     if failures:
         result["retried"] = failures
     return result
+
+
+@dataclass
+class _Attempt:
+    """One attempt of a job on one ComfyUI: its per-job folder, graph, progress and outputs."""
+
+    sub: str
+    workflow: dict
+    progress: ProgressReporter
+    collector: OutputCollector
+    prompt_id: str | None = None
 
 
 def _comfy_for_attempt(ctx: WorkerContext, deadline: JobDeadline) -> int:
@@ -274,25 +265,55 @@ def _comfy_for_attempt(ctx: WorkerContext, deadline: JobDeadline) -> int:
 def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer,
             deadline: JobDeadline, control: JobControl) -> dict:
     """One attempt on ComfyUI incarnation ``generation``, with a client of its own for the attempt."""
+    client = ctx.clients.acquire(generation)
     try:
-        client = ctx.clients.acquire(generation)
-    except errors.ComfyDied as err:
-        err.before_submit = True  # type: ignore[attr-defined]
-        raise
-    try:
-        return _execute(client, generation, job, raw_job, ctx, timer, deadline, control)
+        return _run_with(client, generation, job, raw_job, ctx, timer, deadline, control)
     finally:
         ctx.clients.release(client, generation)
 
 
-def _execute(client: Any, generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer,
-             deadline: JobDeadline, control: JobControl) -> dict:
+def _run_with(client: ComfyClient, generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer,
+              deadline: JobDeadline, control: JobControl) -> dict:
+    """Stage the inputs, submit, wait, ship the outputs; always clean the job's files up after."""
+    run = _stage(job, raw_job, ctx, client, timer)
+    unhook = [control.on_stop(run.collector.cancel), control.on_stop(client.wake)]
+    try:
+        control.check()
+        result = _submit_and_wait(job, run, ctx, client, timer, generation, deadline, control)
+        outputs = run.collector.finish(result.outputs)
+        control.check()
+    except BaseException as err:
+        run.collector.abort()
+        raise _job_error(err, run.prompt_id, control)
+    finally:
+        for remove in unhook:
+            remove()
+        run.progress.close()
+        cleanup_job(run.sub, input_dir=ctx.dirs.input, output_dir=ctx.dirs.output,
+                    extra_files=run.collector.temp_files)
+        if run.prompt_id:
+            _forget_history(ctx, client, run.prompt_id)
+        _maybe_free(ctx, client)
+    return _result_payload(job, ctx, timer, run.prompt_id, outputs, result)
+
+
+def _stage(job: Job, raw_job: dict, ctx: WorkerContext, client: ComfyClient, timer: JobTimer) -> _Attempt:
+    """Input images into a per-job folder, the graph rewritten to them, progress and the output collector."""
     cfg = ctx.cfg
     sink = make_sink(job.output, cfg, job.id)
     sub = job_subfolder(job.id, os.urandom(3).hex())
     image_map = stage_images(job.images, ctx.dirs.input, sub, cfg, deadline=time.monotonic() + job.timeout_s)
     workflow = rewrite_workflow(job.workflow, image_map, sub)
-    progress = _progress_reporter(raw_job, ctx, len(workflow))
+    send = ctx.progress_sender
+    sender = (lambda payload: send(raw_job, payload)) if send is not None else None
+    progress = ProgressReporter(sender, interval=cfg.progress_interval_s, node_count=len(workflow))
+    uploaded = [0]
+
+    def on_uploaded() -> None:
+        uploaded[0] += 1
+        timer.mark("first_output_uploaded", first=True)
+        timer.mark("last_output_uploaded")
+        progress.uploading(uploaded[0])
 
     def locate(item: OutputFile):
         path = local_path(item, output_dir=ctx.dirs.output, temp_dir=ctx.dirs.temp, input_dir=ctx.dirs.input)
@@ -300,29 +321,7 @@ def _execute(client: Any, generation: int, job: Job, raw_job: dict, ctx: WorkerC
             return path
         return client.view(item.filename, item.subfolder, item.type)
 
-    collector = OutputCollector(sink, locate, on_uploaded=_upload_counter(timer, progress))
-    unhook = [control.on_stop(collector.cancel), control.on_stop(client.wake)]
-    prompt_id = None
-    try:
-        control.check()
-        prompt_id = _submit(client, workflow, job, timer, control)
-        result = _wait(client, generation, prompt_id, ctx, deadline, control,
-                       on_event=_event_router(workflow, timer, progress, collector))
-        timer.mark("execution_done")
-        outputs = collector.finish(result.outputs)
-        control.check()
-    except BaseException as err:
-        collector.abort()
-        raise _job_error(err, prompt_id, control)
-    finally:
-        for remove in unhook:
-            remove()
-        progress.close()
-        cleanup_job(sub, input_dir=ctx.dirs.input, output_dir=ctx.dirs.output, extra_files=collector.temp_files)
-        if prompt_id:
-            _forget_history(ctx, client, prompt_id)
-        _maybe_free(ctx, client)
-    return _result_payload(prompt_id, outputs, result, job, ctx, timer)
+    return _Attempt(sub, workflow, progress, OutputCollector(sink, locate, on_uploaded=on_uploaded))
 
 
 def _job_error(err: BaseException, prompt_id: str | None, control: JobControl) -> BaseException:
@@ -336,59 +335,30 @@ def _job_error(err: BaseException, prompt_id: str | None, control: JobControl) -
     return err
 
 
-def _progress_reporter(raw_job: dict, ctx: WorkerContext, node_count: int) -> ProgressReporter:
-    sender = None
-    if ctx.progress_sender is not None:
-        send_fn = ctx.progress_sender
-        sender = lambda payload: send_fn(raw_job, payload)  # noqa: E731
-    return ProgressReporter(sender, interval=ctx.cfg.progress_interval_s, node_count=node_count)
-
-
-def _upload_counter(timer: JobTimer, progress: ProgressReporter) -> Callable[[], None]:
-    uploaded = [0]
-    lock = threading.Lock()
-
-    def on_uploaded() -> None:
-        with lock:
-            uploaded[0] += 1
-            done = uploaded[0]
-        timer.mark("first_output_uploaded", first=True)
-        timer.mark("last_output_uploaded")
-        progress.uploading(done)
-
-    return on_uploaded
-
-
-def _submit(client: Any, workflow: dict, job: Job, timer: JobTimer, control: JobControl) -> str:
-    """POST the prompt under an id registered with ``control`` first, so a stop always finds it."""
-    try:
-        prompt_id = client.submit(workflow, prompt_id=control.new_prompt(client.base_url))
-    except errors.ComfyDied as err:
-        err.before_submit = True  # type: ignore[attr-defined]
-        raise
+def _submit_and_wait(job: Job, run: _Attempt, ctx: WorkerContext, client: ComfyClient, timer: JobTimer,
+                     generation: int, deadline: JobDeadline, control: JobControl) -> PromptResult:
+    # The prompt id is registered with ``control`` before the POST, so a stop always finds it.
+    run.prompt_id = prompt_id = client.submit(run.workflow, prompt_id=control.new_prompt(client.base_url))
     timer.mark("submitted")
-    log.info("job %s: prompt %s submitted (%d nodes)", job.id, prompt_id, len(workflow))
+    log.info("job %s: prompt %s submitted (%d nodes)", job.id, prompt_id, len(run.workflow))
     control.submitted()
-    return prompt_id
-
-
-def _wait(client: Any, generation: int, prompt_id: str, ctx: WorkerContext, deadline: JobDeadline,
-          control: JobControl, *, on_event) -> Any:
-    grace_s = ctx.cfg.interrupt_grace_s
+    on_event = _event_router(run.workflow, timer, run.progress, run.collector)
     try:
-        return client.wait(prompt_id, deadline=deadline.start(), on_event=on_event, stopped=lambda: control.stopped)
+        result = client.wait(prompt_id, deadline=deadline.start(), on_event=on_event, stopped=lambda: control.stopped)
     except errors.Cancelled:
         # Stopped by RunPod: the prompt was removed or interrupted; it must end before the next job.
-        settle_stopped(client, ctx.supervisor, generation, prompt_id, grace_s)
+        settle_stopped(client, ctx.supervisor, generation, prompt_id, ctx.cfg.interrupt_grace_s)
         raise
     except errors.ComfyTimeout as err:
         recover_after_timeout(err, client=client, supervisor=ctx.supervisor, generation=generation,
-                              deadline=deadline, grace_s=grace_s)
+                              deadline=deadline, grace_s=ctx.cfg.interrupt_grace_s)
         raise
+    timer.mark("execution_done")
+    return result
 
 
-def _result_payload(prompt_id: str, outputs: list, result: Any, job: Job, ctx: WorkerContext,
-                    timer: JobTimer) -> dict:
+def _result_payload(job: Job, ctx: WorkerContext, timer: JobTimer, prompt_id: str | None, outputs: list,
+                    result: PromptResult) -> dict:
     if timer.phases.get("last_output_uploaded") is None:
         timer.mark("last_output_uploaded")
     payload: dict[str, Any] = {
@@ -400,9 +370,8 @@ def _result_payload(prompt_id: str, outputs: list, result: Any, job: Job, ctx: W
     }
     if job.template is not None:
         payload["template"] = job.template  # the params used, random seeds resolved
-    node_errors = getattr(result, "node_errors", None)
-    if node_errors:
-        payload["node_errors"] = node_errors  # partially valid prompt: only the valid outputs ran
+    if result.node_errors:
+        payload["node_errors"] = result.node_errors  # partially valid prompt: only the valid outputs ran
     timer.mark("result_returned")
     timings: dict[str, Any] = {**timer.durations(), "phases": timer.phases.snapshot()}
     if ctx.first_result():
@@ -430,7 +399,7 @@ def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, c
     return on_event
 
 
-def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
+def _forget_history(ctx: WorkerContext, client: ComfyClient, prompt_id: str) -> None:
     """Bound ComfyUI's history: delete our entries in batches (one HTTP call per batch)."""
     with ctx._lock:
         ctx._history_ids.append(prompt_id)
@@ -444,7 +413,7 @@ def _forget_history(ctx: WorkerContext, client: Any, prompt_id: str) -> None:
             log.warning("could not delete %d history entries: %s", len(ids), err)
 
 
-def _maybe_free(ctx: WorkerContext, client: Any) -> None:
+def _maybe_free(ctx: WorkerContext, client: ComfyClient) -> None:
     """After a job: POST /free when the memory policy says so (rp_handler.memory; default: keep models warm)."""
     cfg = ctx.cfg
     stats: dict[str, Any] = {}
@@ -458,43 +427,10 @@ def _maybe_free(ctx: WorkerContext, client: Any) -> None:
         _free(ctx, client, "memory policy (FREE_EVERY_N_JOBS / FREE_VRAM_BELOW_MB)")
 
 
-def _free(ctx: WorkerContext, client: Any, reason: str) -> None:
+def _free(ctx: WorkerContext, client: ComfyClient, reason: str) -> None:
     log.info("asking ComfyUI to unload models and free memory (%s)", reason)
     ctx.jobs_since_free = 0
     try:
         client.free(unload_models=True, free_memory=True)
     except Exception as err:
         log.warning("POST /free failed: %s", err)
-
-
-def status_payload(ctx: WorkerContext) -> dict:
-    """``{"action": "status"}``: ComfyUI state, version, lock digest (and hooks, e.g. the model cache)."""
-    sup = ctx.supervisor
-    comfy: dict[str, Any] = {"url": ctx.url}
-    if sup is not None:
-        comfy.update(running=sup.proc.alive, ready=sup.ready, pid=sup.proc.pid, restarts=sup.restarts,
-                     crashes=len(sup.crashes), killed_on_purpose=len(sup.kills),
-                     generation=sup.generation, gave_up=sup.gave_up)
-        if not sup.proc.alive and sup.last_exit_tail:
-            comfy["log_tail"] = sup.last_exit_tail[-10:]
-    ready = sup.ready if sup is not None else True
-    if ready:
-        try:
-            with ctx.clients.lease(sup.generation if sup is not None else 0) as client:
-                comfy["system_stats"] = client.system_stats()
-        except Exception as err:
-            comfy["error"] = errors.one_line(f"{type(err).__name__}: {err}", 200)
-    payload: dict[str, Any] = {
-        "status": "ready" if ready else "starting",
-        "comfy": comfy,
-        "version": ctx.version_id or None,
-        "lock_digest": ctx.lock_digest,
-        "jobs_done": ctx.jobs_done,
-        "cold_start": COLD.snapshot(),
-    }
-    for hook in ctx.status_hooks:
-        try:
-            payload.update(hook())
-        except Exception as err:
-            log.warning("status hook failed: %s", err)
-    return payload

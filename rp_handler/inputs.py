@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
-from rp_handler.atomic import write_atomic
+from builder.atomic import write_atomic
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import InputError
 from rp_handler.job import ImageInput, Job, address_refused, check_url

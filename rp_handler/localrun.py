@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from rp_handler.atomic import write_atomic
+from builder.atomic import write_atomic
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import WorkerError, to_payload
 
@@ -83,8 +83,9 @@ def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
 
 
 def _run_handler(args: argparse.Namespace, env: Mapping[str, str] | None) -> int:
-    from rp_handler.handler import WorkerContext, handle, read_lock_digest
+    from rp_handler.handler import WorkerContext, handle
     from rp_handler.main import apply_version_limits, attach_cache, client_factory, open_model_cache, start_comfy
+    from rp_handler.version_files import lock_digest, version_lock
 
     env = _overlay(os.environ if env is None else env, COMFY_VERSION_ID=args.id, MODELS_DIR=args.models_dir,
                    COMFY_OFFLINE="1" if args.offline else None, GCS_BUCKET=args.gcs_bucket,
@@ -102,7 +103,7 @@ def _run_handler(args: argparse.Namespace, env: Mapping[str, str] | None) -> int
     if cache is not None:
         cache.start()
     ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs, client_factory=client_factory(sup), supervisor=sup,
-                        version_id=args.id, lock_digest=read_lock_digest(cfg.build.lock_path(args.id)))
+                        version_id=args.id, lock_digest=lock_digest(version_lock(cfg)))
     attach_cache(ctx, cache, sup)
     try:
         result = handle({"id": f"local-{int(time.time())}", "input": job_input}, ctx)

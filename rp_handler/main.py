@@ -22,21 +22,20 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from rp_handler.atomic import write_atomic
+from rp_handler import runpod_sdk
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import InputError, WorkerError
 from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
 from rp_handler.timings import current_job
 
+if TYPE_CHECKING:  # imported later, while ComfyUI boots (cold start)
+    from rp_handler.cache.worker import WorkerCache
+    from rp_handler.comfy import ComfyClient
+    from rp_handler.handler import WorkerContext
+
 log = logging.getLogger(__name__)
-
-MODEL_FOLDERS = ("checkpoints", "loras", "vae", "vae_approx", "clip", "text_encoders", "unet", "diffusion_models",
-                 "clip_vision", "style_models", "embeddings", "diffusers", "controlnet", "gligen", "upscale_models",
-                 "latent_upscale_models", "hypernetworks", "photomaker", "classifiers", "model_patches",
-                 "audio_encoders", "configs")
-
 
 class _JobFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
@@ -55,14 +54,13 @@ def configure_logging(level: str) -> None:
 
 def write_models_yaml(models_dir: Path, path: Path) -> Path:
     """An extra_model_paths.yaml pointing every model folder at ``models_dir``."""
-    lines = ["rp_handler_models:", f"    base_path: {models_dir}"]
-    lines += [f"    {name}: {name}" for name in MODEL_FOLDERS]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, ("\n".join(lines) + "\n").encode())
-    return path
+    from builder import extra_paths  # PyYAML: imported only when a file is written (cold start)
+
+    doc = {"rp_handler_models": extra_paths.models_dir_group(models_dir, is_default=False)}
+    return extra_paths.write_extra_model_paths(path, doc, "Written by rp_handler: models live in MODELS_DIR.")
 
 
-def start_comfy(cfg: WorkerConfig, *, io_dir: Path, cache: Any = None) -> Supervisor:
+def start_comfy(cfg: WorkerConfig, *, io_dir: Path, cache: WorkerCache | None = None) -> Supervisor:
     """Spawn ComfyUI now (before anything heavy) and supervise it on a thread.
 
     With the NVMe cache (``cache``: a ``WorkerCache``) ComfyUI's extra_model_paths.yaml puts the
@@ -82,7 +80,7 @@ def start_comfy(cfg: WorkerConfig, *, io_dir: Path, cache: Any = None) -> Superv
     return sup
 
 
-def open_model_cache(cfg: WorkerConfig) -> Any:
+def open_model_cache(cfg: WorkerConfig) -> WorkerCache | None:
     """The NVMe model cache (``rp_handler.cache.worker.WorkerCache``) when NVME_CACHE_DIR is set, else None."""
     if cfg.cache.root is None:
         return None
@@ -91,7 +89,7 @@ def open_model_cache(cfg: WorkerConfig) -> Any:
     return open_cache(cfg, cfg.comfy_home)
 
 
-def attach_cache(ctx: Any, cache: Any, sup: Supervisor) -> None:
+def attach_cache(ctx: WorkerContext, cache: WorkerCache | None, sup: Supervisor) -> None:
     """Give the jobs the cache: per-job hooks, ``cache`` in the status action, live object_info later."""
     if cache is None:
         return
@@ -103,7 +101,7 @@ def attach_cache(ctx: Any, cache: Any, sup: Supervisor) -> None:
 def client_factory(sup: Supervisor | None = None):
     """Builds a connected ComfyClient that knows whether the ComfyUI process is still alive."""
 
-    def connect(url: str) -> Any:
+    def connect(url: str) -> ComfyClient:
         from rp_handler.comfy import ComfyClient
 
         # Bound to this incarnation: a job must not wait on a restarted ComfyUI that never saw its prompt.
@@ -153,61 +151,15 @@ def yield_cpu_to_comfyui(nice: int):
             log.debug("could not restore the worker's CPU priority: %s", err)
 
 
-def light_cpuinfo() -> None:
-    """Spare the runpod import its CPU probe (py-cpuinfo starts a Python subprocess: ~1.2 s of CPU).
-
-    runpod only reads ``get_cpu_info()["brand_raw"]`` for its debugger output; this stand-in answers
-    it from /proc/cpuinfo. Installed only when nothing imported the real module first.
-    """
-    if "cpuinfo" in sys.modules:
-        return
-    import types
-
-    def get_cpu_info() -> dict[str, str]:
-        brand = platform_brand()
-        return {"brand_raw": brand} if brand else {}
-
-    def platform_brand() -> str:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        import platform
-        return platform.processor()
-
-    stub = types.ModuleType("cpuinfo")
-    stub.get_cpu_info = get_cpu_info  # type: ignore[attr-defined]
-    stub.__doc__ = "rp_handler's light stand-in for py-cpuinfo (see rp_handler.main.light_cpuinfo)"
-    sys.modules["cpuinfo"] = stub
-
-
-def progress_sender() -> Any:
-    """runpod's progress_update when there is a RunPod job API to send to, else None (local runs)."""
-    from runpod.serverless import progress_update
-    from runpod.serverless.modules import rp_http
-
-    if not str(rp_http.JOB_DONE_URL).startswith(("http://", "https://")):
-        return None
-    return progress_update
-
-
 def apply_version_limits(cfg: WorkerConfig) -> WorkerConfig:
     """``cfg`` with the version spec's ``options.limits`` applied (the stricter value wins)."""
     import dataclasses
-    import json
 
     from rp_handler.limits import stricter_limits
+    from rp_handler.version_files import version_spec
 
-    if not cfg.version_id:
-        return cfg
-    try:
-        spec = json.loads(cfg.build.spec_path(cfg.version_id).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return cfg  # no spec here (e.g. volume mode without versions/): env limits only
-    limits = ((spec.get("options") or {}) if isinstance(spec, dict) else {}).get("limits")
+    spec = version_spec(cfg)  # None: no spec here (e.g. volume mode without versions/): env limits only
+    limits = spec.options.limits if spec is not None else None
     if not limits:
         return cfg
     try:
@@ -278,36 +230,26 @@ def serve(cfg: WorkerConfig) -> int:
         # Everything below overlaps ComfyUI's boot: the handler stack, the ComfyUI client, the
         # output library in use, and the runpod SDK (about 2 s).
         from rp_handler.cancel import run_cancellable
-        from rp_handler.handler import WorkerContext, handle, read_lock_digest
+        from rp_handler.handler import WorkerContext, handle
+        from rp_handler.version_files import lock_digest, version_lock
 
         with yield_cpu_to_comfyui(cfg.boot_nice):
             preload(cfg)
-            light_cpuinfo()
-            import runpod.serverless
+            serverless = runpod_sdk.import_runpod()
 
         COLD.mark("runpod_imported")
         version = cfg.version_id
         ctx = WorkerContext(cfg=cfg, dirs=sup.proc.dirs or ComfyDirs.under(io_dir), client_factory=client_factory(sup),
-                            supervisor=sup, progress_sender=progress_sender(), version_id=version,
-                            lock_digest=read_lock_digest(cfg.build.lock_path(version)) if version else None)
+                            supervisor=sup, progress_sender=runpod_sdk.progress_sender(), version_id=version,
+                            lock_digest=lock_digest(version_lock(cfg)))
         attach_cache(ctx, cache, sup)
         ctx.preconnect_when_ready()
         if cfg.wait_ready_before_loop:
             sup.ensure_ready(cfg.boot_timeout_s)
-        chained = {"done": False}
-
-        def chain_sigterm(concurrency: int) -> int:
-            # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler;
-            # its answer is how many jobs the loop keeps in flight (JOB_CONCURRENCY).
-            if not chained["done"]:
-                chained["done"] = True
-                previous = signal.getsignal(signal.SIGTERM)
-                if callable(previous) and previous is not on_term:
-                    def forward_then_runpod(signum: int, frame: Any) -> None:
-                        sup.forward_signal(signum)
-                        previous(signum, frame)
-                    signal.signal(signal.SIGTERM, forward_then_runpod)
-            return cfg.job_concurrency
+        # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler;
+        # its answer is how many jobs the loop keeps in flight (JOB_CONCURRENCY).
+        chain_sigterm = runpod_sdk.forward_sigterm_first(sup.forward_signal, on_term,
+                                                         concurrency=lambda n: cfg.job_concurrency)
 
         async def handler(job: dict) -> dict:
             # The job runs on a thread: the loop stays free to see RunPod's stop (rp_handler.cancel).
@@ -315,7 +257,7 @@ def serve(cfg: WorkerConfig) -> int:
             return await run_cancellable(lambda control: handle(job, ctx, control), job_id=str(job.get("id")))
 
         COLD.mark("loop_started")
-        runpod.serverless.start({"handler": handler, "concurrency_modifier": chain_sigterm})
+        serverless.start({"handler": handler, "concurrency_modifier": chain_sigterm})
         return 0
     finally:
         if ctx is not None:

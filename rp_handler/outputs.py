@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Union
 from urllib.parse import quote
 
-from rp_handler.atomic import write_atomic
+from builder.atomic import write_atomic
+from builder.errors import ChecksumMismatch
 from rp_handler.config import GcsConfig, WorkerConfig
 from rp_handler.encode import FormatSink
 from rp_handler.errors import InputError, OutputError
@@ -173,10 +174,6 @@ class LocalSink:
         return {"path": str(target), "size": len(data)}
 
 
-class ChecksumMismatch(OutputError):
-    code = "checksum_mismatch"
-
-
 def _transient(err: BaseException) -> bool:
     from google.api_core import exceptions as gexc
     import requests
@@ -319,8 +316,7 @@ class GcsSink:
         else:
             blob.upload_from_string(source, content_type=item.mime, retry=None, timeout=self.gcs.timeout_s)
         if expected is not None and blob.crc32c != expected:
-            raise ChecksumMismatch(f"CRC32C of gs://{self.bucket.name}/{name} is {blob.crc32c}, expected {expected}",
-                                   {"object": name})
+            raise ChecksumMismatch(f"gs://{self.bucket.name}/{name} (CRC32C)", expected, str(blob.crc32c))
         return blob
 
     def _url(self, blob) -> str:

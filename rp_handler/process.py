@@ -12,19 +12,18 @@ then asks RunPod to replace it.
 from __future__ import annotations
 
 import ctypes
-import http.client
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from builder import comfyui
+from builder.comfyui import ComfyDirs, free_port  # noqa: F401  (re-exported: the worker's names)
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import ComfyStartError
 from rp_handler.timings import COLD, PhaseClock
@@ -54,12 +53,6 @@ def with_parent_death_signal(cmd: list[str]) -> list[str]:
     return [cmd[0], "-S", "-c", _LAUNCHER, str(os.getpid()), *cmd]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
 
@@ -85,33 +78,6 @@ def without_address_flags(args: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
-class ComfyDirs:
-    """ComfyUI's input/output/temp folders (the worker reads outputs straight from disk)."""
-
-    input: Path
-    output: Path
-    temp: Path
-    user: Path | None = None
-
-    @classmethod
-    def defaults(cls, comfy_home: Path) -> "ComfyDirs":
-        return cls(comfy_home / "input", comfy_home / "output", comfy_home / "temp")
-
-    @classmethod
-    def under(cls, root: Path) -> "ComfyDirs":
-        return cls(root / "input", root / "output", root / "temp", root / "user")
-
-    def args(self) -> list[str]:
-        out = ["--input-directory", str(self.input), "--output-directory", str(self.output),
-               "--temp-directory", str(self.temp)]
-        if self.user is not None:
-            # ComfyUI (a125cd84) keeps its SQLite db at <checkout>/user/comfyui.db by default: workers
-            # sharing a COMFY_HOME on a volume must not share one file, so it goes with the user dir.
-            out += ["--user-directory", str(self.user), "--database-url", f"sqlite:///{self.user}/comfyui.db"]
-        return out
-
-
 class ComfyProcess:
     """One ComfyUI child on 127.0.0.1; ``start`` may be called again after it exits."""
 
@@ -124,7 +90,7 @@ class ComfyProcess:
         self.dirs = dirs
         self.host = host
         chosen = cfg.port if port is None else port
-        self.port = chosen or free_port()
+        self.port = chosen or comfyui.free_port()
         self.extra_args = tuple(cfg.extra_args if extra_args is None else extra_args)
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self._listening = threading.Event()  # ComfyUI printed its "To see the GUI go to" line
@@ -134,20 +100,10 @@ class ComfyProcess:
 
     # --- plan ------------------------------------------------------------------
     def command(self) -> list[str]:
-        cmd = [self.cfg.comfy_python, "-u", str(self.comfy_home / "main.py"),
-               "--listen", self.host, "--port", str(self.port), "--disable-auto-launch"]
-        if self.cfg.force_cpu == "true" or (self.cfg.force_cpu == "auto" and not gpu_present()):
-            cmd.append("--cpu")
-        if self.extra_model_paths is not None:
-            cmd += ["--extra-model-paths-config", str(self.extra_model_paths)]
-        if self.dirs is not None:
-            dir_args = self.dirs.args()
-            if "--database-url" in self.extra_args and "--database-url" in dir_args:  # COMFY_EXTRA_ARGS wins
-                i = dir_args.index("--database-url")
-                del dir_args[i:i + 2]
-            cmd += dir_args
-        cmd += without_address_flags(self.extra_args)
-        return cmd
+        cpu = self.cfg.force_cpu == "true" or (self.cfg.force_cpu == "auto" and not gpu_present())
+        return comfyui.launch_command(self.cfg.comfy_python, self.comfy_home / "main.py", host=self.host,
+                                      port=self.port, cpu=cpu, extra_model_paths=self.extra_model_paths,
+                                      dirs=self.dirs, extra_args=without_address_flags(self.extra_args))
 
     @property
     def url(self) -> str:
@@ -164,9 +120,7 @@ class ComfyProcess:
                                   "(scripts/version.py realize <id>) or set COMFY_HOME",
                                   {"comfy_home": str(self.comfy_home)})
         if self.dirs is not None:
-            for d in (self.dirs.input, self.dirs.output, self.dirs.temp, self.dirs.user):
-                if d is not None:
-                    d.mkdir(parents=True, exist_ok=True)
+            self.dirs.create()
         cmd = self.command()
         log.info("starting ComfyUI: %s", " ".join(cmd))
         self._tail.clear()
@@ -210,49 +164,28 @@ class ComfyProcess:
             self._reader.join(timeout=1.0)  # let the pipe drain after an exit
         return list(self._tail)[-n:]
 
+    @property
+    def _local_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
     def ping(self, timeout: float = 2.0) -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host,
-                                          self.port, timeout=timeout)
-        try:
-            conn.request("GET", "/system_stats")
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+        return comfyui.ping(self._local_host, self.port, timeout)
 
     def wait_ready(self, deadline: float) -> None:
         """Block until /system_stats answers (monotonic ``deadline``), logging while waiting."""
-        started = time.monotonic()
-        next_note = started + 15.0
-        delay = 0.02
-        while True:
-            if not self.alive:
+        try:
+            took = comfyui.wait_ready(self._local_host, self.port, alive=lambda: self.alive, deadline=deadline,
+                                      woken=self._listening, what=f"ComfyUI (pid {self.pid})")
+        except comfyui.NotReady as exc:
+            tail = self.log_tail(20)
+            if exc.exited:
                 rc = self.returncode
-                tail = self.log_tail(20)
                 raise ComfyStartError(
                     f"ComfyUI exited with code {rc} during start-up: {tail[-1] if tail else '(no output)'}",
-                    {"returncode": rc, "log_tail": tail})
-            if self.ping(timeout=min(2.0, max(0.1, deadline - time.monotonic()))):
-                log.info("ComfyUI ready on %s after %.2f s", self.url, time.monotonic() - started)
-                return
-            now = time.monotonic()
-            if now >= deadline:
-                tail = self.log_tail(20)
-                raise ComfyStartError(
-                    f"ComfyUI did not answer /system_stats within {now - started:.0f} s "
-                    "(COMFY_BOOT_TIMEOUT_S)", {"log_tail": tail})
-            if now >= next_note:
-                log.info("still waiting for ComfyUI (pid %s) to answer /system_stats after %.0f s",
-                         self.pid, now - started)
-                next_note = now + 15.0
-            # Woken at once by ComfyUI's "To see the GUI go to" line, else poll every 20-100 ms.
-            if self._listening.wait(min(delay, max(0.0, deadline - now))):
-                self._listening.clear()
-                delay = 0.005
-            delay = min(max(delay, 0.02) * 1.5, 0.1)
+                    {"returncode": rc, "log_tail": tail}) from None
+            raise ComfyStartError(f"ComfyUI did not answer /system_stats within {exc.waited_s:.0f} s "
+                                  "(COMFY_BOOT_TIMEOUT_S)", {"log_tail": tail}) from None
+        log.info("ComfyUI ready on %s after %.2f s", self.url, took)
 
     def send_signal(self, sig: int) -> None:
         if self.alive and self._proc is not None:

@@ -1,26 +1,25 @@
-"""``hf://org/repo[@revision]/path`` through huggingface_hub's lower-level API.
+"""``hf://org/repo[@revision]/path`` through huggingface_hub's public API and our own downloader.
 
-``get_hf_file_metadata`` resolves the revision to a commit (pinned in the lock) and
-gives the LFS sha256 (``X-Linked-Etag``) and size; ``http_get`` streams the bytes
-into our own temp file through a hashing writer, so we keep one pass and our own
-atomic store instead of huggingface_hub's cache.  The token goes only to the Hub:
-huggingface_hub drops it for CDN redirects, and we drop it too when the file's
-location is on another host.
+``hf_hub_url`` + ``get_hf_file_metadata`` (public) resolve the revision to a commit (pinned in
+the lock) and give the LFS sha256 (``X-Linked-Etag``), the size and the file's location; the bytes
+are then streamed by :func:`builder.models.http.download` (hashed while they stream, resumed with
+``Range``, our own atomic store instead of huggingface_hub's cache) and their size is checked
+against the Hub's.  The token goes only to the Hub: it is dropped when the file's location is on
+another host (the CDN), and requests drops it on a redirect to another host.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from builder.errors import AuthError, DownloadError, NotFoundError
+from builder.models import http
 from builder.models.checksum import Digests
-from builder.models.sources import HfSource, host_of, redact_url
-from builder.models.writer import HashingWriter
+from builder.models.sources import HfSource, host_of
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -61,25 +60,6 @@ class HfResult:
     size: int
     resolved_source: str
     remote_sha256: str | None
-
-
-class _Bar:
-    """tqdm stand-in for huggingface_hub: forwards byte counts to our progress callback."""
-
-    def __init__(self, progress, **_kw):
-        self._progress = progress
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n=1):
-        pass  # bytes are counted by the HashingWriter
-
-    def close(self):
-        pass
 
 
 def _token_error(label: str, code: int, token: str, what: str) -> AuthError:
@@ -145,47 +125,20 @@ def download(
     algos=("sha256",),
     progress: Callable[[int], None] | None = None,
     size_hint: Callable[[int], None] | None = None,
+    connections: int = 1,
+    parallel_min: int = http.DEFAULT_PARALLEL_MIN,
 ) -> HfResult:
-    from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
     url, meta = metadata(src, endpoint=endpoint, token=token)
     label = f"hf://{src.repo_id}@{src.revision}/{src.filename}"
-    headers = build_hf_headers(token=token or False)
-    headers["Accept-Encoding"] = "identity"
-    if host_of(meta.location) != host_of(url):
-        headers.pop("authorization", None)
-        headers.pop("Authorization", None)
-    if size_hint and meta.size:
-        size_hint(meta.size)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    writer = HashingWriter(fd, algos, progress)
-    try:
-        try:
-            http_get(meta.location, writer, headers=headers, expected_size=meta.size,
-                     tqdm_class=lambda **kw: _Bar(progress, **kw))
-        except OSError as exc:
-            if "Consistency check failed" in str(exc):
-                raise DownloadError(
-                    f"{label}: received a different size than the Hub announced ({meta.size} bytes); retry"
-                ) from None
-            raise
-        except Exception as exc:
-            from huggingface_hub import errors as hfe
-
-            if isinstance(exc, hfe.HfHubHTTPError):
-                code = exc.response.status_code if exc.response is not None else 0
-                if code in (401, 403):
-                    raise _token_error(label, code, token, "download denied") from None
-                if code == 404:
-                    raise NotFoundError(f"{label}: HTTP 404 at {redact_url(meta.location)}") from None
-                raise DownloadError(f"{label}: HTTP {code} from {redact_url(meta.location)}") from None
-            if _transport_error(exc):
-                raise DownloadError(f"{label}: download from {host_of(meta.location)} broke off "
-                                    f"({type(exc).__name__}); rerun to retry, or {FIX}") from None
-            raise DownloadError(f"{label}: download failed ({type(exc).__name__})") from None
-    finally:
-        digests = writer.finish()
-        os.close(fd)
+    headers = {k: v for k, v in build_hf_headers(token=token or False).items()
+               if host_of(meta.location) == host_of(url) or k.lower() != "authorization"}
+    opts = http.HttpOptions(headers=headers, token_env="HF_TOKEN", token_set=bool(token),
+                            connections=connections, parallel_min=parallel_min)
+    res = http.download(meta.location, tmp, label=label, opts=opts, algos=algos, progress=progress,
+                        size_hint=size_hint)
+    if meta.size is not None and res.size != meta.size:
+        raise DownloadError(f"{label}: received {res.size} bytes, the Hub announced {meta.size}; retry")
     etag = (meta.etag or "").lower()
-    return HfResult(digests, digests.size, src.pinned(meta.commit_hash), etag if _SHA256.match(etag) else None)
+    return HfResult(res.digests, res.size, src.pinned(meta.commit_hash), etag if _SHA256.match(etag) else None)

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.atomic import check_free_space, incomplete
 from builder.config import BuildConfig
 from builder.errors import ChecksumMismatch, ModelError, ModelMissingError, NotFoundError
 from builder.models import gcs, hf, http
-from builder.models.atomic import check_free_space, incomplete
 from builder.models.checksum import Digests, hash_file
 from builder.models.copy import copy_verified
 from builder.models.plan import ModelTask, plan
@@ -209,7 +209,8 @@ def _download(task: ModelTask, tmp: Path, ctx: Context, bar) -> tuple[Digests, s
                            size_hint=bar.set_total)
         return res.digests, res.resolved_source, None
     res = hf.download(src, tmp, endpoint=cfg.hf_endpoint, token=cfg.hf_token, algos=task.algos,
-                      progress=bar.update, size_hint=bar.set_total)
+                      progress=bar.update, size_hint=bar.set_total, connections=cfg.download_connections,
+                      parallel_min=ctx.parallel_min)
     return res.digests, res.resolved_source, res.remote_sha256
 
 

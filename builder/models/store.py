@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from builder.models.atomic import link_or_copy_into
+from builder.atomic import link_or_copy_into
 from builder.models.checksum import Digests
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,14 @@ import logging
 import mmap
 import os
 import queue
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from builder.atomic import incomplete
+from builder.errors import ChecksumMismatch
 from rp_handler.errors import CacheError
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ class CopyFailed(CacheError):
 
 class SourceChanged(CopyFailed):
     code = "cache_source_changed"
-
-
-class ChecksumMismatch(CopyFailed):
-    code = "cache_checksum_mismatch"
 
 
 class CacheFull(CopyFailed):
@@ -150,84 +147,98 @@ def copy_file(
     cancel: threading.Event | None = None,
     fsync: bool = False,
 ) -> CopyResult:
-    """Copy ``src`` to ``dst`` atomically; raises CopyFailed (or OSError for an unreadable source)."""
+    """Copy ``src`` to ``dst`` atomically; raises CopyFailed, ChecksumMismatch, or OSError for an unreadable source."""
     started = time.monotonic()
     before = os.stat(src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f"{dst.name}.{secrets.token_hex(4)}.incomplete"
-    in_fd = os.open(src, os.O_RDONLY)
-    out_fd = -1
-    hasher: _DestHasher | None = None
+    in_fd = _open_source(src, before)
     try:
-        if _signature(os.fstat(in_fd)) != _signature(before):
-            raise SourceChanged(f"{src} was replaced while opening it; read it from the volume")
-        try:
-            os.posix_fadvise(in_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except (AttributeError, OSError):
-            pass
-        out_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # RDWR: the hasher maps it
-        if expected_sha256:
-            hasher = _DestHasher(out_fd)
-            hasher.start()
-        size = before.st_size
-        chunk = THROTTLED_CHUNK if read_throttle_bps else CHUNK
-        offset = 0
-        use_sendfile = [True]
-        while offset < size:
-            if cancel is not None and cancel.is_set():
-                raise CopyCancelled(f"copy of {src} cancelled")
+        with incomplete(dst, str(src)) as tmp:
+            out_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # RDWR: the hasher maps it
+            hasher = _DestHasher(out_fd) if expected_sha256 else None
             try:
-                n = _send(in_fd, out_fd, offset, min(chunk, size - offset), use_sendfile)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise CacheFull(f"no space left on the cache disk while copying {src.name} "
-                                    f"({offset}/{size} bytes); it is read from the volume") from None
-                raise
-            if n == 0:
-                raise SourceChanged(f"{src} shrank while it was copied ({offset} of {size} bytes); "
-                                    "it is read from the volume")
-            offset += n
-            if hasher is not None:
-                hasher.advance(offset)
-            if progress is not None:
-                progress(offset)
-            if read_throttle_bps:
-                ahead = offset / read_throttle_bps - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-        after_fd = os.fstat(in_fd)
-        try:
-            after_path = os.stat(src)
-        except FileNotFoundError:
-            raise SourceChanged(f"{src} was removed while it was copied") from None
-        if _signature(after_fd) != _signature(before) or _signature(after_path) != _signature(before):
-            raise SourceChanged(f"{src} changed while it was copied (size or mtime differs); "
-                                "not cached, it is read from the volume")
-        digest = None
-        if hasher is not None:
-            hasher.advance(offset, finished=True)
-        if fsync:
-            os.fsync(out_fd)  # overlaps with the hash thread catching up
-        if hasher is not None:
-            digest = hasher.digest()
-            hasher = None
-            if digest != expected_sha256.lower():
-                raise ChecksumMismatch(f"{src}: sha256 {digest} does not match the expected "
-                                       f"{expected_sha256.lower()}; fix the file on the volume or the lock")
-        os.close(out_fd)
-        out_fd = -1
-        os.replace(tmp, dst)
-        return CopyResult(size, time.monotonic() - started, digest, before.st_mtime_ns)
-    except BaseException:
-        if hasher is not None:
-            hasher.advance(0, finished=True)
-            hasher.join()
-        if out_fd >= 0:
-            os.close(out_fd)
-        tmp.unlink(missing_ok=True)
-        raise
+                if hasher is not None:
+                    hasher.start()
+                _stream(in_fd, out_fd, src, before.st_size, hasher=hasher, progress=progress, cancel=cancel,
+                        throttle_bps=read_throttle_bps, started=started)
+                _check_unchanged(in_fd, src, before)
+                digest = _finish(out_fd, hasher, fsync)
+                hasher = None
+            finally:
+                if hasher is not None:  # failed mid-copy: stop the hash thread before the file goes
+                    hasher.advance(0, finished=True)
+                    hasher.join()
+                os.close(out_fd)
+            if digest is not None and digest != expected_sha256.lower():
+                raise ChecksumMismatch(f"{src} (sha256)", expected_sha256.lower(), digest)
+            os.replace(tmp, dst)
     finally:
         os.close(in_fd)
+    return CopyResult(before.st_size, time.monotonic() - started, digest, before.st_mtime_ns)
+
+
+def _open_source(src: Path, before: os.stat_result) -> int:
+    """Open ``src`` for a sequential read; SourceChanged when it is no longer the file just stat'ed."""
+    in_fd = os.open(src, os.O_RDONLY)
+    if _signature(os.fstat(in_fd)) != _signature(before):
+        os.close(in_fd)
+        raise SourceChanged(f"{src} was replaced while opening it; read it from the volume")
+    try:
+        os.posix_fadvise(in_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except (AttributeError, OSError):
+        pass
+    return in_fd
+
+
+def _stream(in_fd: int, out_fd: int, src: Path, size: int, *, hasher: _DestHasher | None,
+            progress: Callable[[int], None] | None, cancel: threading.Event | None,
+            throttle_bps: float | None, started: float) -> None:
+    """Send ``size`` bytes, feeding the hasher and progress, paced to ``throttle_bps`` when set."""
+    chunk = THROTTLED_CHUNK if throttle_bps else CHUNK
+    offset = 0
+    use_sendfile = [True]
+    while offset < size:
+        if cancel is not None and cancel.is_set():
+            raise CopyCancelled(f"copy of {src} cancelled")
+        try:
+            n = _send(in_fd, out_fd, offset, min(chunk, size - offset), use_sendfile)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise CacheFull(f"no space left on the cache disk while copying {src.name} "
+                                f"({offset}/{size} bytes); it is read from the volume") from None
+            raise
+        if n == 0:
+            raise SourceChanged(f"{src} shrank while it was copied ({offset} of {size} bytes); "
+                                "it is read from the volume")
+        offset += n
+        if hasher is not None:
+            hasher.advance(offset)
+        if progress is not None:
+            progress(offset)
+        if throttle_bps:
+            ahead = offset / throttle_bps - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def _check_unchanged(in_fd: int, src: Path, before: os.stat_result) -> None:
+    """SourceChanged when ``src`` (the open file or the path) differs from ``before`` after the copy."""
+    after_fd = os.fstat(in_fd)
+    try:
+        after_path = os.stat(src)
+    except FileNotFoundError:
+        raise SourceChanged(f"{src} was removed while it was copied") from None
+    if _signature(after_fd) != _signature(before) or _signature(after_path) != _signature(before):
+        raise SourceChanged(f"{src} changed while it was copied (size or mtime differs); "
+                            "not cached, it is read from the volume")
+
+
+def _finish(out_fd: int, hasher: _DestHasher | None, fsync: bool) -> str | None:
+    """Let the hasher reach the end (the fsync overlaps with it); the copy's sha256 when hashed."""
+    if hasher is not None:
+        hasher.advance(os.fstat(out_fd).st_size, finished=True)
+    if fsync:
+        os.fsync(out_fd)
+    return hasher.digest() if hasher is not None else None
 
 
 @dataclass
@@ -318,6 +329,8 @@ class CopyWorker:
 def _describe(exc: BaseException, src: Path) -> str:
     if isinstance(exc, CopyFailed):
         return str(exc)
+    if isinstance(exc, ChecksumMismatch):
+        return f"{exc}; fix the file on the volume or the lock"
     if isinstance(exc, PermissionError):
         return f"{src} is not readable (permission denied); fix its permissions on the volume"
     if isinstance(exc, FileNotFoundError):

@@ -10,24 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from rp_handler.atomic import write_atomic
+from builder import extra_paths
 
 CACHE_GROUP = "nvme_cache"
 VOLUME_GROUP = "network_volume"
-
-
-class _Dumper(yaml.SafeDumper):
-    """Multi-line values (several dirs for one folder type) as ``|`` blocks, as ComfyUI's example does."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
 
 
 def extra_model_paths(cache_root: Path | None, volume_models_dir: Path,
@@ -48,10 +34,6 @@ def extra_model_paths(cache_root: Path | None, volume_models_dir: Path,
 
 def write_extra_model_paths(path: Path, cache_root: Path | None, volume_models_dir: Path,
                             folders: dict[str, tuple[str, ...]]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = extra_model_paths(cache_root, volume_models_dir, folders)
-    text = "# Written by rp_handler.cache: NVMe cache first, network volume second.\n"
-    text += yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-    write_atomic(path, text.encode())
-    return path
+    return extra_paths.write_extra_model_paths(path, doc, "Written by rp_handler.cache: NVMe cache first, "
+                                               "network volume second.")

@@ -2,7 +2,7 @@
 
 A *folder type* is ComfyUI's name for a kind of model (``checkpoints``,
 ``loras``, ``text_encoders``...).  Each type reads one or more subdirectories of
-a models directory; ``DEFAULT_FOLDERS`` mirrors ``folder_paths.py`` of the
+a models directory; ``DEFAULT_FOLDERS`` (``builder.extra_paths.COMFY_FOLDERS``) mirrors ``folder_paths.py`` of the
 ComfyUI commit this worker pins (a125cd84), including the legacy names
 ``clip`` → ``text_encoders`` and ``unet`` → ``diffusion_models``.  Any other
 subdirectory of the volume's models dir is a folder type of its own name, which
@@ -14,31 +14,14 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from builder.extra_paths import COMFY_FOLDERS
+
 # ComfyUI's supported_pt_extensions plus formats custom loaders read.
 MODEL_EXTENSIONS = frozenset(
     {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf", ".onnx"}
 )
 
-DEFAULT_FOLDERS: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("checkpoints",),
-    "loras": ("loras",),
-    "vae": ("vae",),
-    "text_encoders": ("text_encoders", "clip"),
-    "diffusion_models": ("unet", "diffusion_models"),
-    "clip_vision": ("clip_vision",),
-    "style_models": ("style_models",),
-    "embeddings": ("embeddings",),
-    "vae_approx": ("vae_approx",),
-    "controlnet": ("controlnet", "t2i_adapter"),
-    "gligen": ("gligen",),
-    "upscale_models": ("upscale_models",),
-    "latent_upscale_models": ("latent_upscale_models",),
-    "hypernetworks": ("hypernetworks",),
-    "photomaker": ("photomaker",),
-    "classifiers": ("classifiers",),
-    "model_patches": ("model_patches",),
-    "audio_encoders": ("audio_encoders",),
-}
+DEFAULT_FOLDERS = COMFY_FOLDERS  # the table's owner is builder.extra_paths
 
 LEGACY_NAMES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
 

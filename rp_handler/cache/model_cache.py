@@ -17,47 +17,17 @@ from rp_handler.cache.copier import CopyTask, CopyWorker
 from rp_handler.cache.extra_paths import write_extra_model_paths
 from rp_handler.cache.folders import FolderIndex, canonical
 from rp_handler.cache.refs import ModelRef, RefScanner, refs_from_names
+from rp_handler.cache.status import STATUSES, FileStatus  # noqa: F401  (STATUSES: rp_handler.cache)
 from rp_handler.cache.store import CacheDirUnusable, CacheStore, Entry
 from rp_handler.config import CacheConfig
 from rp_handler.errors import InputError
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("scheduled", "cached", "skipped_small", "skipped_exists", "skipped_budget", "error", "not_found")
 WAIT_LOG_EVERY_S = 10.0
 ONDEMAND_JOB = "ondemand"
 KEEP_FINISHED_JOBS = 64
 KEEP_COPY_LOG = 64
-
-
-@dataclass
-class FileStatus:
-    """What the cache did with one model of a job; ``path`` is where ComfyUI reads it now."""
-
-    name: str
-    folder: str | None
-    status: str
-    size: int | None = None
-    path: str | None = None
-    read_from: str = "volume"  # cache | volume | local | none
-    error: str | None = None
-    node: str | None = None
-    bytes_copied: int = 0
-    seconds: float | None = None
-    hit: bool = False  # complete in the cache when the job asked
-    miss: bool = False  # a copy was needed (started or joined) for the job
-    local_at: float | None = None  # time.monotonic() when its copy became complete (not in to_dict)
-    copy_s: float | None = None  # unrounded copy time (not in to_dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "folder": self.folder, "status": self.status, "size": self.size,
-               "path": self.path, "read_from": self.read_from}
-        for key in ("error", "node", "seconds"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        if self.bytes_copied:
-            out["bytes_copied"] = self.bytes_copied
-        return out
 
 
 @dataclass
@@ -302,6 +272,7 @@ class ModelCache:
 
     # -- internals -------------------------------------------------------------
     def _schedule(self, ref: ModelRef, job: _Job) -> FileStatus:
+        """Where ``ref`` is read from for ``job``: local, a cache hit, the volume (copy started), or an error."""
         where = f" (node {ref.node_id} {ref.class_type}.{ref.input_name})" if ref.node_id else ""
         st = FileStatus(ref.name, ref.folder, "not_found", node=ref.node_id or None, read_from="none")
         if ref.folder is None:
@@ -346,6 +317,10 @@ class ModelCache:
                 st.error = f"the cached copy of {ref.key} is stale and in use by {sorted(users)}; read from the volume"
                 return st
             self.store.remove(ref.key, reason="the volume file changed")
+        return self._copy_for(ref, src, st, job)
+
+    def _copy_for(self, ref: ModelRef, src: Path, st: FileStatus, job: _Job) -> FileStatus:
+        """Start the copy of ``src`` (or join the one running) for ``job``; pinned while the job runs."""
         task = self._tasks.get(ref.key)
         if task is None:
             ok, reason, _ = self.store.reserve(ref.key, st.size)

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rp_handler.atomic import write_atomic
+from builder.atomic import write_atomic
 from rp_handler.cache import leases
 from rp_handler.cache.folders import safe_relative
 from rp_handler.errors import CacheError

@@ -12,46 +12,25 @@ complete (``CACHE_WAIT_S`` > 0 makes a job wait that long for its copies before 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from builder.comfyui import ComfyHttp
 from rp_handler.cache.actions import WarmRequest
 from rp_handler.cache.model_cache import ModelCache
 from rp_handler.cache.refs import load_object_info, snapshot_path
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import InputError
+from rp_handler.version_files import lock_checksums, version_lock, version_spec
 
 log = logging.getLogger(__name__)
 
 LIVE_INFO_TIMEOUT_S = 60.0
-
-
-def warm_set(spec_path: Path) -> list[str]:
-    """``options.warm_models`` of the version spec ("folder/name" list); [] when absent or unreadable."""
-    try:
-        spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    models = ((spec.get("options") or {}) if isinstance(spec, dict) else {}).get("warm_models") or []
-    return [m for m in models if isinstance(m, str) and m.strip()] if isinstance(models, list) else []
-
-
-def lock_checksums(lock_path: Path) -> dict[str, str]:
-    """``{target under the models dir: sha256}`` from the version lock (verified while copying)."""
-    try:
-        lock = json.loads(Path(lock_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    out = {}
-    for rec in lock.get("models") or [] if isinstance(lock, dict) else []:
-        if isinstance(rec, dict) and isinstance(rec.get("target"), str) and isinstance(rec.get("sha256"), str):
-            out[rec["target"]] = rec["sha256"]
-    return out
 
 
 def combo_names(object_info: dict) -> frozenset[str]:
@@ -116,9 +95,12 @@ class WorkerCache:
 
         def run() -> None:
             try:
-                with urllib.request.urlopen(f"{url}/object_info", timeout=LIVE_INFO_TIMEOUT_S) as resp:
-                    info = json.loads(resp.read())
-            except (OSError, ValueError) as err:
+                transport = ComfyHttp.for_url(url, LIVE_INFO_TIMEOUT_S)
+                try:
+                    info = json.loads(transport.get("/object_info"))
+                finally:
+                    transport.close()
+            except (OSError, ValueError, http.client.HTTPException) as err:
                 if not self._closed.is_set():  # ComfyUI stopped under it at shutdown: nothing to say
                     log.warning("cache: could not read ComfyUI's /object_info (%s); keeping the snapshot", err)
                 with self._live_lock:
@@ -250,13 +232,13 @@ def open_cache(cfg: WorkerConfig, comfy_home: Path, **kwargs: Any) -> WorkerCach
     if cfg.cache.root is None:
         return None
     started = time.monotonic()
-    version = cfg.version_id
-    checksums = lock_checksums(cfg.build.lock_path(version)) if version else {}
+    checksums = lock_checksums(version_lock(cfg))
     if cfg.cache.read_throttle_mbps > 0:
         kwargs.setdefault("read_throttle_bps", cfg.cache.read_throttle_mbps * (1 << 20))
     cache = ModelCache(cfg.cache, cfg.build.models_dir, None, local_models_dir=Path(comfy_home) / "models",
                        checksums=checksums, **kwargs)
-    warm = warm_set(cfg.build.spec_path(version)) if version else []
+    spec = version_spec(cfg)
+    warm = list(spec.options.warm_models) if spec is not None else []
     log.info("cache: %s at %s, volume %s (%.0f ms)", "on" if cache.enabled else f"OFF ({cache.disabled_reason})",
              cfg.cache.root, cfg.build.models_dir, (time.monotonic() - started) * 1000)
     return WorkerCache(cache, comfy_home=comfy_home, warm_models=warm, wait_s=cfg.cache.wait_s)

@@ -19,8 +19,7 @@ def run(world, *argv):
 
 def test_every_command_has_help():
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) >= {"create", "validate", "resolve", "realize", "clone", "delete", "lock", "run-ui",
-                             "run-handler", "verify-models"}
+    assert set(commands) >= {"create", "validate", "resolve", "realize", "clone", "delete", "lock", "verify-models"}
     for name in ("create", "validate", "resolve", "realize", "clone", "delete", "lock", "verify-models"):
         with pytest.raises(SystemExit) as info:
             main([name, "--help"], env={})
@@ -153,6 +152,13 @@ def test_dispatch_passes_argv_and_env(tmp_path, monkeypatch):
 ])
 def test_repo_at_ref_parsing(value, expected):
     assert split_repo_ref(value) == expected
+
+
+def test_version_py_lists_the_worker_commands(world):
+    proc = run(world, "--help")
+    assert proc.returncode == 0
+    for name in ("create", "realize", "run-ui", "run-handler", "verify-models"):
+        assert name in proc.stdout
 
 
 def test_run_handler_arguments_all_reach_the_runtime(world):

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from rp_handler.cache.copier import ChecksumMismatch, CopyCancelled, SourceChanged, copy_file
+from builder.errors import ChecksumMismatch
+from rp_handler.cache.copier import CopyCancelled, SourceChanged, copy_file
 from tests.cache.conftest import MiB, put_model
 
 
@@ -36,7 +37,7 @@ def test_copy_without_checksum_does_not_hash(tmp_path):
 def test_checksum_mismatch_leaves_nothing(tmp_path):
     src = put_model(tmp_path / "vol", "m.safetensors", 2 * MiB)
     dst = tmp_path / "nvme" / "m.safetensors"
-    expected = r"m\.safetensors: sha256 [0-9a-f]{64} does not match the expected 0{64}"
+    expected = r"m\.safetensors \(sha256\): expected 0{64}, got [0-9a-f]{64}"
     with pytest.raises(ChecksumMismatch, match=expected):
         copy_file(src, dst, expected_sha256="0" * 64)
     assert not dst.exists()

@@ -1,14 +1,12 @@
-"""The cache against the fake ComfyUI (tests/fakes/comfyui, owned by the comfy area): skipped without it."""
+"""The cache against the fake ComfyUI (tests/fakes/comfyui)."""
 
 from __future__ import annotations
 
-import pytest
 import requests
 
 from tests.cache.conftest import MiB, checkpoint_workflow, put_model
-
-server_mod = pytest.importorskip("tests.fakes.comfyui.server", reason="fake ComfyUI not in this tree")
-folders_mod = pytest.importorskip("tests.fakes.comfyui.folders")
+from tests.fakes.comfyui import folders as folders_mod
+from tests.fakes.comfyui import server as server_mod
 
 
 def test_search_order_reads_the_volume_then_the_cache(make_cache, volume, nvme, tmp_path):

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from rp_handler.cache.actions import parse_warm
-from rp_handler.cache.worker import combo_names, lock_checksums, open_cache, warm_set
+from rp_handler.cache.worker import combo_names, open_cache
+from rp_handler.config import WorkerConfig
+from rp_handler.version_files import lock_checksums, version_lock, version_spec
 from rp_handler.errors import InputError
 from rp_handler.handler import WorkerContext, handle
 from rp_handler.main import attach_cache, client_factory, start_comfy
@@ -142,7 +144,7 @@ def test_jobs_do_not_wait_for_copies_by_default(worker_factory):
 def test_status_and_warm_actions_with_a_warm_set(worker_factory, tmp_path):
     versions = tmp_path / "versions"
     versions.mkdir()
-    (versions / "v1.json").write_text(json.dumps({"options": {"warm_models": ["checkpoints/base.safetensors"]}}))
+    (versions / "v1.json").write_text(json.dumps(spec_with("v1", {"warm_models": ["checkpoints/base.safetensors"]})))
     volume = tmp_path / "volume" / "models"
     checkpoint(volume, "base.safetensors", MiB)
     checkpoint(volume, "a.safetensors", 3 * MiB)
@@ -220,15 +222,31 @@ def test_parse_warm():
         assert info.value.details["field"] == field, raw
 
 
-def test_warm_set_checksums_and_combo_names(tmp_path):
-    spec = tmp_path / "v.json"
-    spec.write_text(json.dumps({"options": {"warm_models": ["checkpoints/a.safetensors", 3, ""]}}))
-    assert warm_set(spec) == ["checkpoints/a.safetensors"]
-    assert warm_set(tmp_path / "absent.json") == []
-    lock = tmp_path / "v.lock.json"
-    lock.write_text(json.dumps({"models": [{"target": "checkpoints/a.safetensors", "sha256": "ab" * 32},
+def spec_with(version_id: str, options: dict) -> dict:
+    return {"schema_version": 2, "version_id": version_id, "options": options,
+            "comfy": {"repo": "https://github.com/comfyanonymous/ComfyUI", "commit": "a" * 40}}
+
+
+def test_warm_set_checksums_and_combo_names(tmp_path, caplog):
+    cfg = WorkerConfig.from_env({"HOME": str(tmp_path), "VERSIONS_DIR": str(tmp_path / "versions"),
+                                 "COMFY_CACHE_ROOT": str(tmp_path / "cache"), "COMFY_VERSION_ID": "v"},
+                                container=False, volume_root=tmp_path / "no-volume")
+    assert version_spec(cfg) is None and version_lock(cfg) is None  # absent: the environment's settings
+    spec = cfg.build.spec_path("v")
+    spec.parent.mkdir(parents=True)
+    spec.write_text(json.dumps(spec_with("v", {"warm_models": ["checkpoints/a.safetensors"]})))
+    assert version_spec(cfg).options.warm_models == ("checkpoints/a.safetensors",)
+    spec.write_text(json.dumps(spec_with("v", {"warm_models": ["checkpoints/a.safetensors", 3]})))
+    assert version_spec(cfg) is None and "options.warm_models" in caplog.text  # broken: warned, ignored
+    lock = cfg.build.lock_path("v")
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"lock_version": 1, "spec_digest": "sha256:x", "comfy": {"commit": "a" * 40},
+                                "custom_nodes": [], "pip": {"installed": None},
+                                "models": [{"target": "checkpoints/a.safetensors", "sha256": "ab" * 32},
                                            {"target": "loras/b.safetensors", "sha256": None}]}))
-    assert lock_checksums(lock) == {"checkpoints/a.safetensors": "ab" * 32}
+    assert lock_checksums(version_lock(cfg)) == {"checkpoints/a.safetensors": "ab" * 32}
+    lock.write_text("{}")
+    assert version_lock(cfg) is None and "is corrupt" in caplog.text
     info = {"A": {"input": {"required": {"m": [["x.safetensors", "y.pt"], {}], "n": ["INT", {}]},
                             "optional": {"v3": ["COMBO", {"options": ["z.gguf"]}]}}}}
     assert combo_names(info) == {"x.safetensors", "y.pt", "z.gguf"}

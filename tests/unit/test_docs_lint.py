@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+import runpy
 import shlex
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
-from builder.cli import build_parser as version_parser
+from builder.cli import build_parser
 from builder.entry import REQUIRED
 from builder.models.cli import build_parser as verify_parser
 from rp_handler.config import ALL_ENV
@@ -65,6 +66,12 @@ PATH_TOKEN = re.compile(rf"^(?:{'|'.join(TOP)})/[\w.@/-]*$")
 # --- the parsers the docs may name -----------------------------------------------------
 def _flags(parser: argparse.ArgumentParser) -> set[str]:
     return {s for a in parser._actions for s in a.option_strings}
+
+
+def version_parser():
+    """scripts/version.py's parser: builder.cli's commands plus the worker's, as the script names them."""
+    worker_commands = runpy.run_path(str(REPO / "scripts" / "version.py"), run_name="version_for_lint")
+    return build_parser(worker_commands["WORKER_COMMANDS"])
 
 
 @lru_cache(maxsize=None)

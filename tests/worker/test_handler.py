@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rp_handler.handler import handle, read_lock_digest
+from rp_handler.handler import handle
+from rp_handler.version_files import lock_digest
 from tests.fakes.comfyui.pngfile import Image, decode_png, encode_png
 from tests.worker.conftest import LiveWorker, make_cfg
 
@@ -256,13 +257,9 @@ def test_gcs_output_end_to_end(tmp_path, gcs_bucket, gcs_emulator):
     assert client.bucket(bucket).blob(out["object"]).download_as_bytes()[:4] == b"\x89PNG"
 
 
-def test_lock_digest(tmp_path):
-    lock = tmp_path / "v.lock.json"
-    assert read_lock_digest(lock) is None
-    lock.write_text(json.dumps({"spec_digest": "sha256:abc"}))
-    assert read_lock_digest(lock) == "sha256:abc"
-    lock.write_text("{}")
-    assert read_lock_digest(lock).startswith("sha256:")
+def test_lock_digest():
+    assert lock_digest(None) is None
+    assert lock_digest({"spec_digest": "sha256:abc"}) == "sha256:abc"
 
 
 def test_identical_resubmission_same_job_id_still_returns_files(live_worker):

@@ -1,4 +1,10 @@
-"""The recorded /object_info with model and input combos refreshed from disk."""
+"""The recorded /object_info with model and input combos refreshed from disk.
+
+Which combos list which model folder comes from ``model_folders.json``, recorded from a real
+ComfyUI by ``record_model_folders.py`` (with the fixed extras such as VAELoader's ``pixel_space``);
+which combos list input images comes from the recording's ``image_upload`` flags. Nothing here
+repeats the worker's own table (``rp_handler/cache/refs.py``), so the two can disagree.
+"""
 
 from __future__ import annotations
 
@@ -15,43 +21,6 @@ except ImportError:  # run as a script from a ComfyUI-like checkout
     from folders import ModelPaths, list_input_images
 
 HERE = Path(__file__).resolve().parent
-
-# (class, input) → model folder whose files fill the combo.
-MODEL_COMBOS: dict[tuple[str, str], str] = {
-    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
-    ("CheckpointLoader", "ckpt_name"): "checkpoints",
-    ("unCLIPCheckpointLoader", "ckpt_name"): "checkpoints",
-    ("ImageOnlyCheckpointLoader", "ckpt_name"): "checkpoints",
-    ("CreateHookModelAsLora", "ckpt_name"): "checkpoints",
-    ("CreateHookModelAsLoraModelOnly", "ckpt_name"): "checkpoints",
-    ("VAELoader", "vae_name"): "vae",
-    ("LoraLoader", "lora_name"): "loras",
-    ("LoraLoaderModelOnly", "lora_name"): "loras",
-    ("CreateHookLora", "lora_name"): "loras",
-    ("CreateHookLoraModelOnly", "lora_name"): "loras",
-    ("CLIPLoader", "clip_name"): "text_encoders",
-    ("DualCLIPLoader", "clip_name1"): "text_encoders",
-    ("DualCLIPLoader", "clip_name2"): "text_encoders",
-    ("TripleCLIPLoader", "clip_name1"): "text_encoders",
-    ("TripleCLIPLoader", "clip_name2"): "text_encoders",
-    ("TripleCLIPLoader", "clip_name3"): "text_encoders",
-    ("QuadrupleCLIPLoader", "clip_name1"): "text_encoders",
-    ("QuadrupleCLIPLoader", "clip_name2"): "text_encoders",
-    ("QuadrupleCLIPLoader", "clip_name3"): "text_encoders",
-    ("QuadrupleCLIPLoader", "clip_name4"): "text_encoders",
-    ("UNETLoader", "unet_name"): "diffusion_models",
-    ("ControlNetLoader", "control_net_name"): "controlnet",
-    ("DiffControlNetLoader", "control_net_name"): "controlnet",
-    ("StyleModelLoader", "style_model_name"): "style_models",
-    ("CLIPVisionLoader", "clip_name"): "clip_vision",
-    ("GLIGENLoader", "gligen_name"): "gligen",
-    ("HypernetworkLoader", "hypernetwork_name"): "hypernetworks",
-    ("UpscaleModelLoader", "model_name"): "upscale_models",
-    ("PhotoMakerLoader", "photomaker_model_name"): "photomaker",
-    ("ModelPatchLoader", "name"): "model_patches",
-}
-INPUT_COMBOS = {("LoadImage", "image"), ("LoadImageMask", "image")}
-
 
 def _find_data(name: str) -> Path:
     candidates = [HERE / name]
@@ -70,14 +39,35 @@ def load_recorded() -> dict[str, Any]:
         return json.load(f)
 
 
+def load_model_combos() -> dict[tuple[str, str], tuple[str, list[str]]]:
+    """(class, input) → (model folder, fixed extra options), as the real ComfyUI listed them."""
+    with open(HERE / "model_folders.json", encoding="utf-8") as f:
+        table = json.load(f)
+    return {(cls, name): (v["folder"], list(v["extra"])) for cls, inputs in table.items() for name, v in inputs.items()}
+
+
+def input_image_combos(recorded: dict[str, Any]) -> set[tuple[str, str]]:
+    """Combos of the input folder's images: ``image_upload`` widgets that read no other folder."""
+    out = set()
+    for cls, info in recorded.items():
+        for cat in ("required", "optional"):
+            for name, spec in ((info.get("input") or {}).get(cat) or {}).items():
+                flags = spec[1] if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if flags.get("image_upload") and "image_folder" not in flags and isinstance(spec[0], list):
+                    out.add((cls, name))
+    return out
+
+
 class ObjectInfo:
     """Recorded node definitions; combos of model loaders and LoadImage refreshed per call."""
 
     def __init__(self, paths: ModelPaths, input_dir: Path):
         self.recorded = load_recorded()
+        self.model_combos = load_model_combos()
+        self.input_combos = input_image_combos(self.recorded)
         self.paths = paths
         self.input_dir = input_dir
-        self._dynamic = {cls for cls, _ in MODEL_COMBOS} | {cls for cls, _ in INPUT_COMBOS}
+        self._dynamic = {cls for cls, _ in self.model_combos} | {cls for cls, _ in self.input_combos}
 
     def __contains__(self, class_type: object) -> bool:
         return isinstance(class_type, str) and class_type in self.recorded
@@ -90,12 +80,10 @@ class ObjectInfo:
         for cat in ("required", "optional"):
             for name, spec in (info["input"].get(cat) or {}).items():
                 key = (class_type, name)
-                if key in MODEL_COMBOS:
-                    files = self.paths.list(MODEL_COMBOS[key])
-                    if class_type == "VAELoader":
-                        files = files + ["pixel_space"]
-                    _set_options(spec, files)
-                elif key in INPUT_COMBOS:
+                if key in self.model_combos:
+                    folder, extra = self.model_combos[key]
+                    _set_options(spec, self.paths.list(folder) + extra)
+                elif key in self.input_combos:
                     _set_options(spec, list_input_images(self.input_dir))
         return info
 

@@ -1,9 +1,10 @@
-"""Atomic file placement: each writer its own ``<name>.<random>.incomplete``, then ``os.replace``.
+"""Atomic file placement, the one owner: each writer its own ``<name>.<random>.incomplete``, then ``os.replace``.
 
 Correctness never depends on a lock: two writers of the same file each write their
 own temp in the destination directory and the last ``os.replace`` wins with a
 complete, verified file.  Disk-full errors become :class:`DiskFullError` with the
-temp removed.
+temp removed.  The builder (locks, specs, state, snapshots, models) and the worker
+(inputs, outputs, the cache index, extra_model_paths.yaml) all write through here.
 """
 
 from __future__ import annotations
@@ -62,6 +63,31 @@ def incomplete(dest: Path, what: str) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def write_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temp file beside it; ``fsync`` before the rename when asked.
+
+    The parent directory is created when missing; the temp file is removed on any failure.
+    """
+    with incomplete(path, str(path)) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """:func:`write_atomic` (fsynced) unless ``path`` already holds exactly ``data``; True when written."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    write_atomic(path, data, fsync=True)
+    return True
 
 
 def link_or_copy_into(src: Path, dest: Path) -> str:
