@@ -240,5 +240,6 @@ ENV COMFY_VERSION_ID=${VERSION_ID} \
     COMFY_CACHE_ROOT=/opt/cache \
     COMFY_PYTHON=/opt/venv/bin/python3 \
     MODELS_DIR=/opt/models \
+    COMFY_DEPLOY_MODE=baked \
     UV_PYTHON_DOWNLOADS=never
 ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-m", "rp_handler"]
