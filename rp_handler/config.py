@@ -29,6 +29,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("JOB_MAX_TIMEOUT_S", "3600", "Largest timeout_s a job may ask for."),
     EnvVar("JOB_RETRIES", "1", "Whole-job retries for transient failures (ComfyUI died, out of memory): 0 or 1."),
     EnvVar("COMFY_INTERRUPT_GRACE_S", "5", "Seconds after a job's deadline for ComfyUI to answer the interrupt and stop the prompt; past that it is killed (SIGKILL, works on a frozen process) and restarted."),
+    EnvVar("JOB_CONCURRENCY", "2", "Jobs in flight at once (1-4): with 2 the next job is staged and queued while one executes; 1: one job at a time."),
     EnvVar("OUTPUT_MODE", "gcs if GCS_BUCKET else base64", "Default output sink: gcs, base64 or local."),
     EnvVar("OUTPUT_LOCAL_DIR", "", "Folder for output mode local."),
     EnvVar("GCS_BUCKET", "", "Bucket for output mode gcs."),
@@ -201,6 +202,7 @@ class WorkerConfig:
     comfy_api_nodes: bool = False  # COMFY_API_NODES, or the version spec's options.comfy_api_nodes
     crash_window_s: float = 900.0  # COMFY_CRASH_WINDOW_S
     probe_timeout_s: float = 3.0  # COMFY_PROBE_TIMEOUT_S
+    job_concurrency: int = 2  # JOB_CONCURRENCY: jobs in flight at once (runpod's concurrency_modifier)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
@@ -267,6 +269,7 @@ class WorkerConfig:
             boot_gc_threshold=max(0, _int(env, "COMFY_BOOT_GC_THRESHOLD", 100_000)),
             crash_window_s=max(1.0, _float(env, "COMFY_CRASH_WINDOW_S", 900.0)),
             probe_timeout_s=max(0.1, _float(env, "COMFY_PROBE_TIMEOUT_S", 3.0)),
+            job_concurrency=max(1, min(4, _int(env, "JOB_CONCURRENCY", 2))),
         )
 
     @property

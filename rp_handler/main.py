@@ -232,6 +232,7 @@ def serve(cfg: WorkerConfig) -> int:
     try:
         # Everything below overlaps ComfyUI's boot: the handler stack, the ComfyUI client, the
         # output library in use, and the runpod SDK (about 2 s).
+        from rp_handler.cancel import run_cancellable
         from rp_handler.handler import WorkerContext, handle
         from rp_handler.version_files import lock_digest, version_lock
 
@@ -251,12 +252,15 @@ def serve(cfg: WorkerConfig) -> int:
         ctx.preconnect_when_ready()
         if cfg.wait_ready_before_loop:
             sup.ensure_ready(cfg.boot_timeout_s)
-        # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler.
-        chain_sigterm = runpod_sdk.forward_sigterm_first(sup.forward_signal, on_term)
+        # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler;
+        # its answer is how many jobs the loop keeps in flight (JOB_CONCURRENCY).
+        chain_sigterm = runpod_sdk.forward_sigterm_first(sup.forward_signal, on_term,
+                                                         concurrency=lambda n: cfg.job_concurrency)
 
-        def handler(job: dict) -> dict:
+        async def handler(job: dict) -> dict:
+            # The job runs on a thread: the loop stays free to see RunPod's stop (rp_handler.cancel).
             assert ctx is not None
-            return handle(job, ctx)
+            return await run_cancellable(lambda control: handle(job, ctx, control), job_id=str(job.get("id")))
 
         COLD.mark("loop_started")
         serverless.start({"handler": handler, "concurrency_modifier": chain_sigterm})
