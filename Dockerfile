@@ -128,7 +128,7 @@ RUN python3 -m compileall -q -j 0 --invalidation-mode checked-hash /app \
 # realize does changes /opt/python, which the final stages copy from deps.
 # Only the builder and the specs (and the OnDemand node) are copied in, so a change to the
 # worker does not re-realize. realize also compiles ComfyUI, the nodes and the venv to .pyc
-# (checked-hash). git objects, model blobs and pip/Hugging Face downloads stay in cache mounts;
+# (unchecked-hash: nothing in an image changes the sources; PYC_MODE). git objects, model blobs and pip/Hugging Face downloads stay in cache mounts;
 # the realized files (checkouts, installed packages, model files) are copied out of them into
 # the layer by the builder itself (MODELS_DIR is outside every mount), and the check after
 # realize fails the build if anything in the layer is a link into a mount.
@@ -145,7 +145,8 @@ ENV COMFY_HOME=/opt/comfy \
     COMFY_CACHE_ROOT=/opt/cache \
     COMFY_PYTHON=/opt/venv/bin/python3 \
     PATH=/opt/venv/bin:$PATH \
-    HF_HOME=/root/.cache/huggingface
+    HF_HOME=/root/.cache/huggingface \
+    PYC_MODE=unchecked-hash
 RUN python3 -m venv --system-site-packages /opt/venv
 RUN --mount=type=cache,id=comfy-pip,target=/root/.cache/pip,sharing=locked \
     --mount=type=cache,id=comfy-hf,target=/root/.cache/huggingface,sharing=locked \
@@ -179,7 +180,8 @@ ENV COMFY_HOME=/opt/comfy \
     MODELS_DIR=/runpod-volume/cache/runpod-comfy/models \
     COMFY_CACHE_ROOT=/opt/cache \
     COMFY_PYTHON=/opt/venv/bin/python3 \
-    PATH=/opt/venv/bin:$PATH
+    PATH=/opt/venv/bin:$PATH \
+    PYC_MODE=unchecked-hash
 RUN python3 -m venv --system-site-packages /opt/venv
 RUN --mount=type=cache,id=comfy-pip,target=/root/.cache/pip,sharing=locked \
     --mount=type=cache,id=comfy-git,target=/opt/cache/git,sharing=locked \
@@ -240,5 +242,6 @@ ENV COMFY_VERSION_ID=${VERSION_ID} \
     COMFY_CACHE_ROOT=/opt/cache \
     COMFY_PYTHON=/opt/venv/bin/python3 \
     MODELS_DIR=/opt/models \
+    COMFY_DEPLOY_MODE=baked \
     UV_PYTHON_DOWNLOADS=never
 ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-m", "rp_handler"]

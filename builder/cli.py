@@ -19,7 +19,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .config import BuildConfig
+from .config import PYC_MODES, BuildConfig
 from .errors import BuildError, LockError, SpecError, TargetModifiedError, UsageError
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def cmd_realize(cfg: BuildConfig, args: argparse.Namespace) -> int:
                           wheels_dir=wheels.absolute() if wheels else None, dry_run=args.dry_run, force=args.force,
                           python=python, skip_models=args.skip_models, installer=args.installer, jobs=args.jobs,
                           snapshot_object_info=args.snapshot_object_info,
-                          bytecode=not args.no_bytecode)
+                          bytecode=not args.no_bytecode, pyc_mode=args.pyc_mode or cfg.pyc_mode)
     result = realize(cfg, spec, opts)
     if args.dry_run:
         emit(args, result.to_dict(), [f"plan for {result.home} (dry run, nothing changed):"]
@@ -358,6 +358,9 @@ def build_parser(pass_through: Sequence[PassThrough] = ()) -> argparse.ArgumentP
                          "(also options.snapshot_object_info; skipped when nothing changed)")
     sp.add_argument("--no-bytecode", action="store_true",
                     help="do not compile ComfyUI, nodes and site-packages to .pyc (they are by default)")
+    sp.add_argument("--pyc-mode", choices=PYC_MODES, default=None,
+                    help="the .pyc invalidation mode (default: PYC_MODE, else checked-hash); unchecked-hash only "
+                         "where nothing changes the sources after realize (an image)")
 
     sp = add("lock", cmd_lock, "print the lock, or --check whether it is fresh for the spec (no network)")
     sp.add_argument("id", help="version id or path to a spec file")

@@ -158,11 +158,18 @@ class ComfyDirs:
 
 def launch_command(python: str, main_py: Path, *, host: str, port: int, cpu: bool,
                    extra_model_paths: Path | None = None, dirs: ComfyDirs | None = None,
-                   extra_args: Sequence[str] = ()) -> list[str]:
-    """ComfyUI's command line (pure). ``extra_args`` come last; a ``--database-url`` there wins."""
-    cmd = [python, "-u", str(main_py), "--listen", host, "--port", str(port), "--disable-auto-launch"]
+                   extra_args: Sequence[str] = (), launcher: Sequence[str] = (),
+                   api_nodes: bool = True) -> list[str]:
+    """ComfyUI's command line (pure). ``extra_args`` come last; a ``--database-url`` there wins.
+
+    ``launcher``: a script (and its arguments) that runs ``main.py`` in its place, e.g. the worker's
+    boot-time GC tuning; ``api_nodes=False`` adds ``--disable-api-nodes``.
+    """
+    cmd = [python, "-u", *launcher, str(main_py), "--listen", host, "--port", str(port), "--disable-auto-launch"]
     if cpu:
         cmd.append("--cpu")
+    if not api_nodes:
+        cmd.append("--disable-api-nodes")
     if extra_model_paths is not None:
         cmd += ["--extra-model-paths-config", str(extra_model_paths)]
     if dirs is not None:

@@ -42,8 +42,19 @@ BUILD_ENV: tuple[EnvVar, ...] = (
     EnvVar("CIVITAI_TOKEN", "", "Civitai token, sent only to civitai.com."),
     EnvVar("HF_ENDPOINT", "https://huggingface.co", "Hugging Face endpoint (tests point it at a local server)."),
     EnvVar("MODEL_DOWNLOAD_CONNECTIONS", "4", "Parallel ranged connections for large HTTP model downloads."),
+    EnvVar("PYC_MODE", "checked-hash", "realize's .pyc mode: unchecked-hash in an image build (sources never change), checked-hash where a checkout can change (a volume, a workstation)."),
     EnvVar("CIVITAI_ENDPOINT", "https://civitai.com", "Civitai endpoint for civitai:<id> sources (tests point it at a local server)."),
 )
+
+
+PYC_MODES = ("checked-hash", "unchecked-hash")
+
+
+def _pyc_mode(raw: str | None) -> str:
+    mode = (raw or "checked-hash").strip().lower()
+    if mode not in PYC_MODES:
+        raise ValueError(f"PYC_MODE={raw!r} is not one of {', '.join(PYC_MODES)}")
+    return mode
 
 
 def truthy(value: str | None) -> bool:
@@ -94,6 +105,7 @@ class BuildConfig:
     hf_token: str = field(default="", repr=False)
     civitai_token: str = field(default="", repr=False)
     civitai_endpoint: str = "https://civitai.com"
+    pyc_mode: str = "checked-hash"  # PYC_MODE
 
     @classmethod
     def from_env(
@@ -130,6 +142,7 @@ class BuildConfig:
             hf_token=env.get("HF_TOKEN", ""),
             civitai_token=env.get("CIVITAI_TOKEN", ""),
             civitai_endpoint=(env.get("CIVITAI_ENDPOINT") or "https://civitai.com").rstrip("/"),
+            pyc_mode=_pyc_mode(env.get("PYC_MODE")),
         )
 
     def describe(self) -> str:

@@ -38,6 +38,7 @@ class RealizeOptions:
     snapshot_object_info: bool = False  # also when the spec sets options.snapshot_object_info
     snapshot_timeout_s: float = 300.0
     bytecode: bool = True  # compile ComfyUI, nodes and site-packages to .pyc (--no-bytecode: off)
+    pyc_mode: str = "checked-hash"  # --pyc-mode / PYC_MODE: unchecked-hash for an image, checked-hash elsewhere
 
 
 

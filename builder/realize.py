@@ -271,7 +271,8 @@ def realize(cfg: BuildConfig, spec: Spec, opts: RealizeOptions) -> RealizeResult
     opts = replace(opts, offline=offline)
     lock, lock_written = ensure_lock(cfg, spec, offline=offline, write=not opts.dry_run)
     home = (opts.target or cfg.comfy_home_for(spec.version_id)).expanduser().absolute()
-    flags = Flags(offline=offline, force=opts.force, skip_models=opts.skip_models, bytecode=opts.bytecode)
+    flags = Flags(offline=offline, force=opts.force, skip_models=opts.skip_models, bytecode=opts.bytecode,
+                  bytecode_mode=opts.pyc_mode)
     plan = make_plan(spec, lock, observe(cfg, spec, lock, home, opts), flags)
     result = RealizeResult(home=home, lock_path=cfg.lock_path(spec.version_id), plan=plan, lock_written=lock_written,
                            dry_run=opts.dry_run)

@@ -28,7 +28,7 @@ REPO_KEYS = {"repo", "ref", "commit"}
 NODE_KEYS = REPO_KEYS | {"name", "run_install_py"}
 MODEL_KEYS = {"source", "target_subdir", "target_path", "name", "checksum"}
 OPTION_KEYS = {"offline", "skip_models", "pin_installed", "pip_index_url", "pip_extra_index_urls",
-               "nvme_cache_node", "snapshot_object_info", "warm_models", "limits"}
+               "nvme_cache_node", "snapshot_object_info", "warm_models", "limits", "comfy_api_nodes"}
 # options.limits: the worker's request limits for this version (the stricter of these and LIMIT_* wins).
 LIMIT_KEYS = ("max_pixels", "max_batch", "max_steps", "max_frames", "max_input_bytes")
 NVME_NODE_NAME = "nvme_cache"  # custom_nodes/<this> is the worker's own OnDemand node (builder/extras.py)
@@ -72,6 +72,7 @@ class Options:
     snapshot_object_info: bool = False  # boot ComfyUI once at realize and keep its /object_info
     warm_models: tuple[str, ...] = ()  # read by the worker: copied onto NVMe at start
     limits: dict = field(default_factory=dict)  # read by the worker: {LIMIT_KEY: int}, the stricter value wins
+    comfy_api_nodes: bool = False  # read by the worker: load ComfyUI's API nodes (off by default: faster boot)
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ def _check_options(options: Any, out: _Problems) -> None:
         out.add("options", "must be an object")
         return
     _check_keys(options, OPTION_KEYS, "options", out)
-    for key in ("offline", "skip_models", "nvme_cache_node", "snapshot_object_info"):
+    for key in ("offline", "skip_models", "nvme_cache_node", "snapshot_object_info", "comfy_api_nodes"):
         if key in options and not isinstance(options[key], bool):
             out.add(f"options.{key}", "must be true or false")
     warm = options.get("warm_models")  # read by the worker (rp_handler/cache/worker.py), not by realize
@@ -378,6 +379,7 @@ def _build(data: dict) -> Spec:
         snapshot_object_info=bool(opts.get("snapshot_object_info", False)),
         warm_models=tuple(m.strip() for m in opts.get("warm_models") or () if m.strip()),
         limits=dict(opts.get("limits") or {}),
+        comfy_api_nodes=bool(opts.get("comfy_api_nodes", False)),
     )
     return Spec(
         version_id=data["version_id"],

@@ -33,7 +33,7 @@ _MAX_BUFFERED_PROMPTS = 64
 
 
 class ComfyClient:
-    """Talks to one ComfyUI. Not for concurrent jobs: one wait() at a time."""
+    """Talks to one ComfyUI. One job at a time (rp_handler.clients gives each job in flight its own)."""
 
     def __init__(self, base_url: str, *, client_id: str | None = None, http_timeout: float = 30,
                  alive: Callable[[], bool] | None = None, died_grace_s: float = 1.0,
@@ -361,18 +361,34 @@ class ComfyClient:
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
 
-    def wait(self, prompt_id: str, *, deadline: float,
-             on_event: Callable[[Event], None] | None = None) -> PromptResult:
-        """Wait for the final ``executing(node=None)`` of ``prompt_id`` (``deadline`` is monotonic)."""
+    def wake(self) -> None:
+        """Wake a ``wait`` now (e.g. its job was stopped) instead of at its next poll."""
+        with self._cv:
+            self._cv.notify_all()
+
+    def wait(self, prompt_id: str, *, deadline: float, on_event: Callable[[Event], None] | None = None,
+             stopped: Callable[[], bool] | None = None) -> PromptResult:
+        """Wait for the final ``executing(node=None)`` of ``prompt_id`` (``deadline`` is monotonic).
+
+        ``stopped``: when it returns True the wait ends with ``errors.Cancelled`` (the caller has
+        stopped the prompt; ``wake`` makes the wait notice at once).
+        """
         clock = WaitClock(deadline, self.history_poll_s, check_alive=self.alive is not None)
         seen = Seen()
-        entry = self._follow(prompt_id, clock, seen, on_event)
+        entry = self._follow(prompt_id, clock, seen, on_event, stopped)
         seen.finished = seen.finished or time.monotonic()
         with self._cv:
             self._buffers.pop(prompt_id, None)
         from_history = bool(entry)
         if not entry:
-            entry = self._history_after_completion(prompt_id, deadline)
+            try:
+                entry = self._history_after_completion(prompt_id, deadline)
+            except errors.ComfyDied:
+                if not any(isinstance(ev, Executing) and ev.node is None for ev in seen.events):
+                    raise
+                # The prompt finished (its final frame came) and ComfyUI died right after, e.g. in the
+                # next job's prompt: this job's outputs are known from the websocket; no retry needed.
+                log.warning("ComfyUI exited right after prompt %s finished; using the websocket's outputs", prompt_id)
         if not entry:
             log.warning("history of prompt %s is still empty after completion; using websocket outputs",
                         prompt_id)
@@ -380,13 +396,19 @@ class ComfyClient:
                          from_history=from_history)
 
     def _follow(self, prompt_id: str, clock: WaitClock, seen: Seen,
-                on_event: Callable[[Event], None] | None) -> dict:
+                on_event: Callable[[Event], None] | None, stopped: Callable[[], bool] | None = None) -> dict:
         """Take events until the final frame (returns ``{}``) or /history shows the prompt done (its entry).
 
         A lost websocket is reopened and /history polled often from then on (a frame may be missed);
         a dead ComfyUI raises ComfyDied, the deadline ComfyTimeout (after the interrupt).
         """
         while True:
+            if stopped is not None and stopped():
+                with self._cv:
+                    self._buffers.pop(prompt_id, None)
+                self.partial_node_errors.pop(prompt_id, None)
+                raise errors.Cancelled(f"the job was stopped while ComfyUI prompt {prompt_id} was queued or ran",
+                                       {"prompt_id": prompt_id})
             if clock.expired():
                 self._on_deadline(prompt_id, clock.deadline)
             if self._ws_dead:

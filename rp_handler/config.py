@@ -29,6 +29,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("JOB_MAX_TIMEOUT_S", "3600", "Largest timeout_s a job may ask for."),
     EnvVar("JOB_RETRIES", "1", "Whole-job retries for transient failures (ComfyUI died, out of memory): 0 or 1."),
     EnvVar("COMFY_INTERRUPT_GRACE_S", "5", "Seconds after a job's deadline for ComfyUI to answer the interrupt and stop the prompt; past that it is killed (SIGKILL, works on a frozen process) and restarted."),
+    EnvVar("JOB_CONCURRENCY", "2", "Jobs in flight at once (1-4): with 2 the next job is staged and queued while one executes; 1: one job at a time."),
     EnvVar("OUTPUT_MODE", "gcs if GCS_BUCKET else base64", "Default output sink: gcs, base64 or local."),
     EnvVar("OUTPUT_LOCAL_DIR", "", "Folder for output mode local."),
     EnvVar("GCS_BUCKET", "", "Bucket for output mode gcs."),
@@ -64,6 +65,18 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("COMFY_IO_DIR", "<tmp>/rp_handler-io", "Local folder for ComfyUI's input/output/temp (per-job subfolders)."),
     EnvVar("WAIT_READY_BEFORE_LOOP", "false", "true: start the runpod loop only after ComfyUI is ready (see docs)."),
     EnvVar("WORKER_BOOT_NICE", "0", "Niceness of the worker's own imports while ComfyUI boots (0: off; see docs)."),
+    EnvVar("COMFY_API_NODES", "false", "true: load ComfyUI's API nodes (about 1.2 s of its boot; a version spec's options.comfy_api_nodes also turns them on)."),
+    EnvVar("COMFY_BOOT_GC_THRESHOLD", "100000", "Python's generation-0 GC threshold during ComfyUI's boot only (restored once it listens; 0: start main.py directly)."),
+    EnvVar("COMFY_GPU_IMAGE", "true if CUDA_VERSION is set", "true: a GPU image; the fitness checks require a CUDA device unless COMFY_FORCE_CPU=true (nvidia/cuda base images set CUDA_VERSION)."),
+    EnvVar("CUDA_VERSION", "set by nvidia/cuda base images", "Read only as the default of COMFY_GPU_IMAGE (set: a GPU image)."),
+    EnvVar("COMFY_DEPLOY_MODE", "", "baked, hybrid or volume (the Dockerfile's baked stage sets baked); baked: the fitness checks require the version's lock to match its spec."),
+    EnvVar("FITNESS_CHECKS", "true", "false: register none of the worker's fitness checks (they run only in RunPod's job loop)."),
+    EnvVar("FITNESS_WAIT_COMFY", "true", "true: the ComfyUI fitness check waits for its boot, so a host whose ComfyUI cannot start takes no job; false: the first job is taken while ComfyUI boots."),
+    EnvVar("FITNESS_MIN_FREE_OUTPUT_GB", "1", "Free disk (GB) the outputs folder (COMFY_IO_DIR) needs for the fitness check."),
+    EnvVar("FITNESS_MIN_FREE_CACHE_GB", "10", "Free disk (GB) NVME_CACHE_DIR needs for the fitness check (when the cache is on)."),
+    EnvVar("FITNESS_SDK_CHECKS", "false", "true: also run the runpod SDK's automatic system/GPU checks (they import torch in the worker and dial 8.8.8.8, after ComfyUI's boot)."),
+    EnvVar("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true unless FITNESS_SDK_CHECKS", "The runpod SDK's switch for its automatic system checks; the worker sets it to true when unset."),
+    EnvVar("RUNPOD_SKIP_GPU_CHECK", "true unless FITNESS_SDK_CHECKS", "The runpod SDK's switch for its automatic GPU check; the worker sets it to true when unset."),
 )
 
 ALL_ENV: tuple[EnvVar, ...] = BUILD_ENV + WORKER_ENV
@@ -125,6 +138,38 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class FitnessConfig:
+    enabled: bool = True  # FITNESS_CHECKS
+    gpu_image: bool = False  # COMFY_GPU_IMAGE (default: CUDA_VERSION is set)
+    deploy_mode: str = ""  # COMFY_DEPLOY_MODE
+    wait_comfy: bool = True  # FITNESS_WAIT_COMFY
+    min_free_output_gb: float = 1.0  # FITNESS_MIN_FREE_OUTPUT_GB
+    min_free_cache_gb: float = 10.0  # FITNESS_MIN_FREE_CACHE_GB
+    sdk_checks: bool = False  # FITNESS_SDK_CHECKS
+    sdk_env: tuple[tuple[str, str], ...] = ()  # what to set so the SDK skips its own automatic checks
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "FitnessConfig":
+        gpu = env.get("COMFY_GPU_IMAGE", "").strip()
+        mode = (env.get("COMFY_DEPLOY_MODE") or "").strip().lower()
+        sdk = truthy(env.get("FITNESS_SDK_CHECKS"))
+        skip = ("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", env.get("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS")), \
+               ("RUNPOD_SKIP_GPU_CHECK", env.get("RUNPOD_SKIP_GPU_CHECK"))
+        if mode not in ("", "baked", "hybrid", "volume"):
+            raise ValueError(f"COMFY_DEPLOY_MODE={mode!r} is not one of baked, hybrid, volume; set one or leave it empty")
+        return cls(
+            enabled=truthy(env.get("FITNESS_CHECKS", "true")),
+            gpu_image=truthy(gpu) if gpu else bool(env.get("CUDA_VERSION", "").strip()),
+            deploy_mode=mode,
+            wait_comfy=truthy(env.get("FITNESS_WAIT_COMFY", "true")),
+            min_free_output_gb=max(0.0, _float(env, "FITNESS_MIN_FREE_OUTPUT_GB", 1.0)),
+            min_free_cache_gb=max(0.0, _float(env, "FITNESS_MIN_FREE_CACHE_GB", 10.0)),
+            sdk_checks=sdk,
+            sdk_env=() if sdk else tuple((name, "true") for name, value in skip if not value),
+        )
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     build: BuildConfig
     version_id: str
@@ -152,8 +197,12 @@ class WorkerConfig:
     wait_ready_before_loop: bool = False  # WAIT_READY_BEFORE_LOOP
     boot_nice: int = 0  # WORKER_BOOT_NICE
     interrupt_grace_s: float = 5.0  # COMFY_INTERRUPT_GRACE_S
+    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    boot_gc_threshold: int = 100_000  # COMFY_BOOT_GC_THRESHOLD
+    comfy_api_nodes: bool = False  # COMFY_API_NODES, or the version spec's options.comfy_api_nodes
     crash_window_s: float = 900.0  # COMFY_CRASH_WINDOW_S
     probe_timeout_s: float = 3.0  # COMFY_PROBE_TIMEOUT_S
+    job_concurrency: int = 2  # JOB_CONCURRENCY: jobs in flight at once (runpod's concurrency_modifier)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **build_kwargs) -> "WorkerConfig":
@@ -215,8 +264,12 @@ class WorkerConfig:
             wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
             boot_nice=max(0, min(19, _int(env, "WORKER_BOOT_NICE", 0))),
             interrupt_grace_s=max(0.0, _float(env, "COMFY_INTERRUPT_GRACE_S", 5.0)),
+            fitness=FitnessConfig.from_env(env),
+            comfy_api_nodes=truthy(env.get("COMFY_API_NODES")),
+            boot_gc_threshold=max(0, _int(env, "COMFY_BOOT_GC_THRESHOLD", 100_000)),
             crash_window_s=max(1.0, _float(env, "COMFY_CRASH_WINDOW_S", 900.0)),
             probe_timeout_s=max(0.1, _float(env, "COMFY_PROBE_TIMEOUT_S", 3.0)),
+            job_concurrency=max(1, min(4, _int(env, "JOB_CONCURRENCY", 2))),
         )
 
     @property

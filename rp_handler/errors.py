@@ -69,6 +69,12 @@ class Interrupted(WorkerError, InterruptedError):
     code = "interrupted"
 
 
+class Cancelled(Interrupted):
+    """RunPod stopped the job (cancelled, or its execution timeout passed): its prompt was stopped."""
+
+    code = "cancelled"
+
+
 class OutputError(WorkerError, OSError):
     code = "output_error"
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from rp_handler import errors
+from rp_handler.cancel import JobControl, settle_stopped
+from rp_handler.clients import ClientPool
 from rp_handler.config import WorkerConfig
 from rp_handler.deadline import JobDeadline, recover_after_timeout
 from rp_handler.events import Executed, Executing, ExecutionCached, Progress
@@ -54,19 +56,27 @@ class WorkerContext:
     jobs_done: int = 0
     jobs_since_free: int = 0
     cold_reported: bool = False
-    _client: ComfyClient | None = None
-    _client_generation: int = -1
     _history_ids: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    clients: ClientPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # One connected client (keep-alive HTTP + websocket) per job in flight, per ComfyUI incarnation.
+        self.clients = ClientPool(lambda: self.client_factory(self.url))
 
     @property
     def url(self) -> str:
         return self.supervisor.proc.url if self.supervisor is not None else self.base_url
 
-    def client(self, generation: int) -> ComfyClient:
-        """One client (keep-alive HTTP + websocket) per ComfyUI incarnation."""
+    def count_job(self) -> None:
         with self._lock:
-            return self._client_locked(generation)
+            self.jobs_done += 1
+
+    def first_result(self) -> bool:
+        """True once: for the job whose result carries the cold-start timings."""
+        with self._lock:
+            first, self.cold_reported = not self.cold_reported, True
+            return first
 
     def preconnect_when_ready(self) -> None:
         """Open the client on a thread as soon as ComfyUI is ready, so the first job finds it connected."""
@@ -76,34 +86,23 @@ class WorkerContext:
 
         def run() -> None:
             try:
-                self.client(sup.ensure_ready(self.cfg.boot_timeout_s))
+                with self.clients.lease(sup.ensure_ready(self.cfg.boot_timeout_s)):
+                    pass
             except Exception as err:  # the first job reports it properly
                 log.debug("pre-connect to ComfyUI failed: %s", err)
 
         threading.Thread(target=run, name="comfy-preconnect", daemon=True).start()
 
-    def _client_locked(self, generation: int) -> ComfyClient:
-        if self._client is None or generation != self._client_generation:
-            if self._client is not None:
-                try:
-                    self._client.close()
-                except Exception:  # the old server is gone; nothing to save
-                    pass
-            self._client = self.client_factory(self.url)
-            self._client_generation = generation
-        return self._client
-
     def close(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:
-                pass
-            self._client = None
+        self.clients.close()
 
 
-def handle(job: dict, ctx: WorkerContext) -> dict:
-    """RunPod handler body (plain function: runpod's test_input path never runs generator handlers)."""
+def handle(job: dict, ctx: WorkerContext, control: JobControl | None = None) -> dict:
+    """RunPod handler body, blocking (``main`` runs it on a thread via ``cancel.run_cancellable``).
+
+    ``control``: the job's stop flag; a stopped job ends with ``errors.Cancelled``, its prompt stopped.
+    """
+    control = control or JobControl()
     job_id = str(job.get("id") or "local")
     token = current_job.set(job_id)
     timer = JobTimer(job_id)
@@ -117,13 +116,13 @@ def handle(job: dict, ctx: WorkerContext) -> dict:
         if ctx.cache is not None:
             cached = True
             ctx.cache.before_job(job_id, parsed.workflow)  # copies overlap ComfyUI's boot and the job
-        cold = not ctx.cold_reported
-        result = run_job(parsed, job, ctx, timer)
+        result = run_job(parsed, job, ctx, timer, control)
         if cached:
-            ctx.cache.after_job(job_id, result, timer, cold=cold)
+            ctx.cache.after_job(job_id, result, timer, cold="cold_start" in result.get("timings", {}))
         status = "ok"
         return result
     except errors.WorkerError as err:
+        status = "cancelled" if isinstance(err, errors.Cancelled) else status
         log.error("job %s failed: %s", job_id, err)
         return _cache_error(_error_payload(err, ctx, timer), ctx, job_id, cached)
     except Exception as err:  # never crash the worker loop
@@ -132,7 +131,7 @@ def handle(job: dict, ctx: WorkerContext) -> dict:
     finally:
         if cached:
             ctx.cache.release(job_id)
-        ctx.jobs_done += 1
+        ctx.count_job()
         timer.mark("result_returned")
         timer.log_line(status=status)
         current_job.reset(token)
@@ -189,7 +188,7 @@ def _after_failure(err: errors.WorkerError, ctx: WorkerContext, generation: int)
     _attach_comfy_state(err, ctx, generation)
 
 
-def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dict:
+def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer, control: JobControl | None = None) -> dict:
     """Run ``job``; a transient failure (ComfyUI died, out of memory) gets one more attempt (JOB_RETRIES).
 
     Validation errors and timeouts are never retried, and no retry starts after the job's deadline
@@ -200,12 +199,14 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
     failures: list[dict] = []
     state: dict[str, Any] = {}
     deadline = JobDeadline(job.timeout_s)
+    control = control or JobControl()
 
     def attempt() -> dict:
+        control.check()
         generation = _comfy_for_attempt(ctx, deadline)
         state["generation"] = generation
         try:
-            return _run_on(generation, job, raw_job, ctx, timer, deadline)
+            return _run_on(generation, job, raw_job, ctx, timer, deadline, control)
         except errors.WorkerError as err:
             _after_failure(err, ctx, generation)
             raise
@@ -215,7 +216,8 @@ def run_job(job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer) -> dic
         if isinstance(err, errors.WorkerError):
             failures.append(errors.to_payload(err))
         if isinstance(err, errors.OutOfMemory):
-            _free(ctx, ctx.client(generation), "out of memory: freeing before the retry")
+            with ctx.clients.lease(generation) as client:
+                _free(ctx, client, "out of memory: freeing before the retry")
         elif isinstance(err, (errors.ComfyDied, errors.ComfyProtocolError)) and ctx.supervisor is not None:
             ctx.supervisor.death_of(generation, timeout=5.0)  # the retry waits for the restarted ComfyUI
 
@@ -261,19 +263,31 @@ def _comfy_for_attempt(ctx: WorkerContext, deadline: JobDeadline) -> int:
 
 
 def _run_on(generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer,
-            deadline: JobDeadline) -> dict:
-    """Stage the inputs, submit, wait, ship the outputs; always clean the job's files up after."""
-    client = ctx.client(generation)
-    run = _stage(job, raw_job, ctx, client, timer)
+            deadline: JobDeadline, control: JobControl) -> dict:
+    """One attempt on ComfyUI incarnation ``generation``, with a client of its own for the attempt."""
+    client = ctx.clients.acquire(generation)
     try:
-        result = _submit_and_wait(job, run, ctx, client, timer, generation, deadline)
+        return _run_with(client, generation, job, raw_job, ctx, timer, deadline, control)
+    finally:
+        ctx.clients.release(client, generation)
+
+
+def _run_with(client: ComfyClient, generation: int, job: Job, raw_job: dict, ctx: WorkerContext, timer: JobTimer,
+              deadline: JobDeadline, control: JobControl) -> dict:
+    """Stage the inputs, submit, wait, ship the outputs; always clean the job's files up after."""
+    run = _stage(job, raw_job, ctx, client, timer)
+    unhook = [control.on_stop(run.collector.cancel), control.on_stop(client.wake)]
+    try:
+        control.check()
+        result = _submit_and_wait(job, run, ctx, client, timer, generation, deadline, control)
         outputs = run.collector.finish(result.outputs)
+        control.check()
     except BaseException as err:
         run.collector.abort()
-        if run.prompt_id and isinstance(err, errors.WorkerError):
-            err.details.setdefault("prompt_id", run.prompt_id)
-        raise
+        raise _job_error(err, run.prompt_id, control)
     finally:
+        for remove in unhook:
+            remove()
         run.progress.close()
         cleanup_job(run.sub, input_dir=ctx.dirs.input, output_dir=ctx.dirs.output,
                     extra_files=run.collector.temp_files)
@@ -310,14 +324,31 @@ def _stage(job: Job, raw_job: dict, ctx: WorkerContext, client: ComfyClient, tim
     return _Attempt(sub, workflow, progress, OutputCollector(sink, locate, on_uploaded=on_uploaded))
 
 
+def _job_error(err: BaseException, prompt_id: str | None, control: JobControl) -> BaseException:
+    """What the attempt raises: a stopped job's failure (an interrupt, a dropped upload) is ``Cancelled``."""
+    if control.stopped and isinstance(err, Exception) and not isinstance(err, errors.Cancelled):
+        stopped = control.error()
+        stopped.__cause__ = err
+        err = stopped
+    if prompt_id and isinstance(err, errors.WorkerError):
+        err.details.setdefault("prompt_id", prompt_id)
+    return err
+
+
 def _submit_and_wait(job: Job, run: _Attempt, ctx: WorkerContext, client: ComfyClient, timer: JobTimer,
-                     generation: int, deadline: JobDeadline) -> PromptResult:
-    run.prompt_id = prompt_id = client.submit(run.workflow)
+                     generation: int, deadline: JobDeadline, control: JobControl) -> PromptResult:
+    # The prompt id is registered with ``control`` before the POST, so a stop always finds it.
+    run.prompt_id = prompt_id = client.submit(run.workflow, prompt_id=control.new_prompt(client.base_url))
     timer.mark("submitted")
     log.info("job %s: prompt %s submitted (%d nodes)", job.id, prompt_id, len(run.workflow))
+    control.submitted()
     on_event = _event_router(run.workflow, timer, run.progress, run.collector)
     try:
-        result = client.wait(prompt_id, deadline=deadline.start(), on_event=on_event)
+        result = client.wait(prompt_id, deadline=deadline.start(), on_event=on_event, stopped=lambda: control.stopped)
+    except errors.Cancelled:
+        # Stopped by RunPod: the prompt was removed or interrupted; it must end before the next job.
+        settle_stopped(client, ctx.supervisor, generation, prompt_id, ctx.cfg.interrupt_grace_s)
+        raise
     except errors.ComfyTimeout as err:
         recover_after_timeout(err, client=client, supervisor=ctx.supervisor, generation=generation,
                               deadline=deadline, grace_s=ctx.cfg.interrupt_grace_s)
@@ -343,8 +374,7 @@ def _result_payload(job: Job, ctx: WorkerContext, timer: JobTimer, prompt_id: st
         payload["node_errors"] = result.node_errors  # partially valid prompt: only the valid outputs ran
     timer.mark("result_returned")
     timings: dict[str, Any] = {**timer.durations(), "phases": timer.phases.snapshot()}
-    if not ctx.cold_reported:
-        ctx.cold_reported = True
+    if ctx.first_result():
         timings["cold_start"] = {**COLD.snapshot(), **timer.phases.snapshot()}
     payload["timings"] = timings
     return payload
@@ -371,9 +401,12 @@ def _event_router(workflow: dict, timer: JobTimer, progress: ProgressReporter, c
 
 def _forget_history(ctx: WorkerContext, client: ComfyClient, prompt_id: str) -> None:
     """Bound ComfyUI's history: delete our entries in batches (one HTTP call per batch)."""
-    ctx._history_ids.append(prompt_id)
-    if len(ctx._history_ids) >= HISTORY_DELETE_BATCH:
-        ids, ctx._history_ids = ctx._history_ids, []
+    with ctx._lock:
+        ctx._history_ids.append(prompt_id)
+        ids: list[str] = []
+        if len(ctx._history_ids) >= HISTORY_DELETE_BATCH:
+            ids, ctx._history_ids = ctx._history_ids, []
+    if ids:
         try:
             client.delete_history(ids)
         except Exception as err:

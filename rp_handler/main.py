@@ -152,13 +152,16 @@ def yield_cpu_to_comfyui(nice: int):
 
 
 def apply_version_limits(cfg: WorkerConfig) -> WorkerConfig:
-    """``cfg`` with the version spec's ``options.limits`` applied (the stricter value wins)."""
+    """``cfg`` with the version spec's ``options.limits`` applied (the stricter value wins) and its
+    ``options.comfy_api_nodes``."""
     import dataclasses
 
     from rp_handler.limits import stricter_limits
     from rp_handler.version_files import version_spec
 
     spec = version_spec(cfg)  # None: no spec here (e.g. volume mode without versions/): env limits only
+    if spec is not None and spec.options.comfy_api_nodes:  # ComfyUI's API nodes are off unless the version asks
+        cfg = dataclasses.replace(cfg, comfy_api_nodes=True)
     limits = spec.options.limits if spec is not None else None
     if not limits:
         return cfg
@@ -229,6 +232,7 @@ def serve(cfg: WorkerConfig) -> int:
     try:
         # Everything below overlaps ComfyUI's boot: the handler stack, the ComfyUI client, the
         # output library in use, and the runpod SDK (about 2 s).
+        from rp_handler.cancel import run_cancellable
         from rp_handler.handler import WorkerContext, handle
         from rp_handler.version_files import lock_digest, version_lock
 
@@ -242,15 +246,21 @@ def serve(cfg: WorkerConfig) -> int:
                             supervisor=sup, progress_sender=runpod_sdk.progress_sender(), version_id=version,
                             lock_digest=lock_digest(version_lock(cfg)))
         attach_cache(ctx, cache, sup)
+        from rp_handler.fitness import register as register_fitness
+
+        register_fitness(cfg, sup, ctx.dirs.output, os.environ)  # run by runpod's job loop before its first job
         ctx.preconnect_when_ready()
         if cfg.wait_ready_before_loop:
             sup.ensure_ready(cfg.boot_timeout_s)
-        # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler.
-        chain_sigterm = runpod_sdk.forward_sigterm_first(sup.forward_signal, on_term)
+        # Runs in the main thread inside runpod's job loop, after runpod installed its SIGTERM handler;
+        # its answer is how many jobs the loop keeps in flight (JOB_CONCURRENCY).
+        chain_sigterm = runpod_sdk.forward_sigterm_first(sup.forward_signal, on_term,
+                                                         concurrency=lambda n: cfg.job_concurrency)
 
-        def handler(job: dict) -> dict:
+        async def handler(job: dict) -> dict:
+            # The job runs on a thread: the loop stays free to see RunPod's stop (rp_handler.cancel).
             assert ctx is not None
-            return handle(job, ctx)
+            return await run_cancellable(lambda control: handle(job, ctx, control), job_id=str(job.get("id")))
 
         COLD.mark("loop_started")
         serverless.start({"handler": handler, "concurrency_modifier": chain_sigterm})

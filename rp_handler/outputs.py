@@ -361,11 +361,12 @@ class OutputCollector:
         self._lock = threading.Lock()
         self._seen: dict[tuple, tuple[Item, Future | None]] = {}
         self.temp_files: list[Path] = []
+        self._cancelled = False
 
     def add(self, node: str, output: dict[str, Any] | None) -> None:
         for item in output_items(node, output):
             with self._lock:
-                if item.key in self._seen:
+                if item.key in self._seen or self._cancelled:
                     continue
                 fut = self._pool.submit(self._ship, item) if isinstance(item, OutputFile) else None
                 self._seen[item.key] = (item, fut)
@@ -403,6 +404,12 @@ class OutputCollector:
 
     def abort(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def cancel(self) -> None:
+        """The job was stopped: drop the uploads not yet started and take no more (``finish`` then raises)."""
+        with self._lock:
+            self._cancelled = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _order(entry: dict[str, Any]) -> tuple:

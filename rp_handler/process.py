@@ -58,6 +58,7 @@ def gpu_present() -> bool:
 
 
 _OWNED_FLAGS = ("--listen", "--port")
+BOOT_LAUNCHER = Path(__file__).resolve().parent / "comfy_launch.py"
 
 
 def without_address_flags(args: tuple[str, ...] | list[str]) -> list[str]:
@@ -101,9 +102,12 @@ class ComfyProcess:
     # --- plan ------------------------------------------------------------------
     def command(self) -> list[str]:
         cpu = self.cfg.force_cpu == "true" or (self.cfg.force_cpu == "auto" and not gpu_present())
+        gc = self.cfg.boot_gc_threshold  # fewer GC passes during the boot (rp_handler/comfy_launch.py)
         return comfyui.launch_command(self.cfg.comfy_python, self.comfy_home / "main.py", host=self.host,
                                       port=self.port, cpu=cpu, extra_model_paths=self.extra_model_paths,
-                                      dirs=self.dirs, extra_args=without_address_flags(self.extra_args))
+                                      dirs=self.dirs, extra_args=without_address_flags(self.extra_args),
+                                      launcher=[str(BOOT_LAUNCHER), str(gc)] if gc > 0 else [],
+                                      api_nodes=self.cfg.comfy_api_nodes)  # ~1.2 s of boot when on
 
     @property
     def url(self) -> str:

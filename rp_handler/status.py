@@ -38,8 +38,8 @@ def status_payload(ctx: WorkerContext) -> dict:
     ready = sup.ready if sup is not None else True
     if ready:
         try:
-            client = ctx.client(sup.generation if sup is not None else 0)
-            comfy["system_stats"] = client.system_stats()
+            with ctx.clients.lease(sup.generation if sup is not None else 0) as client:
+                comfy["system_stats"] = client.system_stats()
         except Exception as err:
             comfy["error"] = errors.one_line(f"{type(err).__name__}: {err}", 200)
     payload: dict[str, Any] = {

@@ -176,6 +176,17 @@ def test_no_bytecode_compiles_nothing(world, bc_repos, venv_python, capsys):
     assert "bytecode" not in read_state(home)
 
 
+def test_pyc_mode_for_an_image_from_the_flag_or_pyc_mode(world, bc_repos, venv_python, capsys):
+    make_spec(world, bc_repos, nodes=("good",))
+    env_args = ["--python", str(venv_python), "--wheels-dir", str(world.wheels), "--dry-run"]
+    assert cli_main(["realize", "bc", *env_args, "--pyc-mode", "unchecked-hash"], env=world.env) == 0
+    assert "site-packages to .pyc (unchecked-hash)" in capsys.readouterr().out
+    assert cli_main(["realize", "bc", *env_args], env={**world.env, "PYC_MODE": "unchecked-hash"}) == 0
+    assert "site-packages to .pyc (unchecked-hash)" in capsys.readouterr().out
+    assert cli_main(["realize", "bc", *env_args], env=world.env) == 0
+    assert "site-packages to .pyc (checked-hash)" in capsys.readouterr().out
+
+
 def test_comfy_scope_skips_node_folders_git_and_an_inner_venv(tmp_path):
     home = tmp_path / "ComfyUI"
     rx = re.compile(bytecode.comfy_exclude(home, [home / "venv" / "lib" / "python3.11" / "site-packages"]))

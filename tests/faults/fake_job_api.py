@@ -1,7 +1,7 @@
 """A stand-in for RunPod's worker-side job API (job-take / job-done / job-stop) on 127.0.0.1.
 
 The runpod SDK's job loop (what a deployed worker runs) takes jobs from
-``RUNPOD_WEBHOOK_GET_JOB`` and posts results to ``RUNPOD_WEBHOOK_POST_OUTPUT``; ``env()`` gives
+``RUNPOD_WEBHOOK_GET_JOB`` (``/job-take-batch/`` when it wants several) and posts results to ``RUNPOD_WEBHOOK_POST_OUTPUT``; ``env()`` gives
 those variables pointing here. ``queue`` jobs with ``put``; results land in ``results[job_id]``.
 """
 
@@ -30,7 +30,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         api: FakeJobApi = self.server.api  # type: ignore[attr-defined]
-        path = urlsplit(self.path).path
+        parts = urlsplit(self.path)
+        path = parts.path
+        if path.startswith("/job-take-batch/"):  # runpod asks for several jobs when JOB_CONCURRENCY > 1
+            size = int(parse_qs(parts.query).get("batch_size", ["1"])[0])
+            jobs = [job for job in (api.take() for _ in range(size)) if job]
+            return self._reply(200, json.dumps(jobs).encode()) if jobs else self._reply(204)
         if path.startswith("/job-take/"):
             job = api.take()
             return self._reply(200, json.dumps(job).encode()) if job else self._reply(204)

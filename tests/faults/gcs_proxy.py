@@ -1,8 +1,8 @@
 """A tiny HTTP proxy in front of gcp-storage-emulator that injects GCS faults on uploads.
 
 ``fail_next``: statuses answered to the next uploads (e.g. [503, 503]); ``always``: a status answered
-to every upload (e.g. 403); ``delay_s``: seconds to stall each upload before forwarding it. Other
-requests pass through untouched. Point ``STORAGE_EMULATOR_HOST`` at ``proxy.url``.
+to every upload (e.g. 403); ``delay_s``: seconds to stall each upload before forwarding it (every
+request with ``delay_all``: a distant GCS). Other requests pass through untouched. Point ``STORAGE_EMULATOR_HOST`` at ``proxy.url``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return
-        if upload and proxy.delay_s:
+        if (upload or proxy.delay_all) and proxy.delay_s:
             time.sleep(proxy.delay_s)
         conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
         try:
@@ -73,6 +73,7 @@ class GcsFaultProxy:
         self.fail_next: list[int] = []
         self.always: int | None = None
         self.delay_s = 0.0
+        self.delay_all = False
         self.uploads = 0
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
@@ -91,10 +92,11 @@ class GcsFaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-    def set(self, *, fail_next: list[int] | None = None, always: int | None = None, delay_s: float = 0.0) -> None:
+    def set(self, *, fail_next: list[int] | None = None, always: int | None = None, delay_s: float = 0.0,
+            delay_all: bool = False) -> None:
         with self._lock:
             self.fail_next = list(fail_next or [])
-            self.always, self.delay_s = always, delay_s
+            self.always, self.delay_s, self.delay_all = always, delay_s, delay_all
 
     def fault_for(self, upload: bool) -> int | None:
         if not upload:

@@ -1,7 +1,9 @@
 """A stand-in for RunPod's job API, so ``python -m rp_handler`` runs its production loop locally.
 
 The worker is pointed at it with ``env(...)``: it takes queued jobs from ``/job-take/``, posts
-progress and results to ``/job-done/`` (form body holding JSON) and long-polls ``/job-stop/``.
+progress and results to ``/job-done/`` (form body holding JSON) and long-polls ``/job-stop/``, which
+answers ``{"jobsToStop": [...]}`` once ``stop(job_id)`` was called (the time it answered is kept in
+``stop_times``, ``time.time()``: compare with ComfyUI's message timestamps).
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ class FakeRunPodApi:
         self.results: dict[str, dict] = {}  # job id -> final result body
         self.result_times: dict[str, float] = {}  # job id -> time.monotonic() the result arrived
         self.progress: dict[str, list] = {}  # job id -> IN_PROGRESS outputs in arrival order
+        self.progress_at: dict[str, list[float]] = {}  # job id -> time.monotonic() each arrived
         self.takes = 0
+        self.to_stop: list[str] = []
+        self.stop_times: dict[str, float] = {}  # job id -> time.time() the stop signal was answered
+        self.taken_times: dict[str, float] = {}  # job id -> time.monotonic() the job was handed out
         self._cond = threading.Condition()
         outer = self
 
@@ -39,17 +45,35 @@ class FakeRunPodApi:
                 self.wfile.write(body)
 
             def do_GET(self):
-                path = urlsplit(self.path).path
+                parts = urlsplit(self.path)
+                path = parts.path
+                if path.startswith("/job-take-batch/"):  # runpod asks for several when concurrency > 1
+                    outer.takes += 1
+                    size = int(parse_qs(parts.query).get("batch_size", ["1"])[0])
+                    first = outer._next_job()
+                    if first is None:
+                        return self._send(204)
+                    jobs = [first] + outer._more_jobs(size - 1)
+                    time.sleep(outer.take_latency_s)
+                    for job in jobs:
+                        outer.taken_times[job["id"]] = time.monotonic()
+                    return self._send(200, json.dumps(jobs).encode())
                 if path.startswith("/job-take/"):
                     outer.takes += 1
                     job = outer._next_job()
                     if job is None:
                         return self._send(204)
                     time.sleep(outer.take_latency_s)
+                    outer.taken_times[job["id"]] = time.monotonic()
                     return self._send(200, json.dumps(job).encode())
                 if path.startswith("/job-stop/"):
-                    time.sleep(outer.idle_poll_s)
-                    return self._send(204)
+                    ids = outer._stops()
+                    if not ids:
+                        return self._send(204)
+                    body = json.dumps({"jobsToStop": ids}).encode()
+                    for job_id in ids:
+                        outer.stop_times[job_id] = time.time()
+                    return self._send(200, body)
                 return self._send(404)
 
             def do_POST(self):
@@ -63,6 +87,7 @@ class FakeRunPodApi:
                 with outer._cond:
                     if data.get("status") == "IN_PROGRESS":
                         outer.progress.setdefault(job_id, []).append(data.get("output"))
+                        outer.progress_at.setdefault(job_id, []).append(time.monotonic())
                     else:
                         outer.results[job_id] = data
                         outer.result_times[job_id] = time.monotonic()
@@ -83,6 +108,40 @@ class FakeRunPodApi:
                     return None
                 self._cond.wait(left)
             return self.jobs.pop(0)
+
+    def _more_jobs(self, n: int) -> list[dict]:
+        with self._cond:
+            taken, self.jobs = self.jobs[:max(0, n)], self.jobs[max(0, n):]
+            return taken
+
+    def _stops(self) -> list[str]:
+        """Long-poll: the ids to stop as soon as there are some, else none after ``idle_poll_s``."""
+        deadline = time.monotonic() + self.idle_poll_s
+        with self._cond:
+            while not self.to_stop:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                self._cond.wait(left)
+            ids, self.to_stop = self.to_stop, []
+            return ids
+
+    def stop(self, job_id: str) -> None:
+        """RunPod cancels ``job_id`` (or its execution timeout passed): the next stop poll names it."""
+        with self._cond:
+            self.to_stop.append(job_id)
+            self._cond.notify_all()
+
+    def wait_progress(self, job_id: str, predicate, timeout: float) -> list:
+        """Wait until ``predicate(progress updates so far)`` holds; returns them."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.progress.get(job_id, [])):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"progress of {job_id} did not reach the state within {timeout} s")
+                self._cond.wait(left)
+            return list(self.progress.get(job_id, []))
 
     def queue(self, job_id: str, job_input: dict) -> None:
         with self._cond:
