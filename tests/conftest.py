@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 import sys
 from pathlib import Path
@@ -39,6 +41,62 @@ def _isolated_env(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Entry points called in-process (``run_handler``, the CLIs) call ``logging.basicConfig(force=True)``
+    on the stderr of the moment, which pytest closes after the test: drop the handlers a test added to
+    the root logger (pytest's own aside) and restore its level, so that a later test in the same process
+    never logs into a closed stream (``--- Logging error ---``, with the record's arguments)."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Longest first: modules with real-ComfyUI tests (marker ``real_comfy``), then modules by how many
+    ``slow`` tests they hold, then the rest in collection order (a stable sort: each module stays whole).
+
+    ``scripts/test.sh`` hands whole modules to the pytest-xdist workers in this order (``--dist
+    loadscope --no-loadscope-reorder``): a module's module-scoped fixtures (a ComfyUI boot, an install)
+    are set up once, and the long modules start first and overlap the short ones. Chosen by the markers
+    alone: a new real-ComfyUI test needs nothing else.
+    """
+    weight: collections.Counter[str] = collections.Counter()
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        weight[module] += 1000 if item.get_closest_marker("real_comfy") else bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name every real-ComfyUI test and its outcome (with -q the dots hide whether they ran), then the
+    timings that tests attached to their reports as ``("timings", {...})`` user properties."""
+    rows, timings, notes = [], {}, []
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(rep, "user_properties", []):
+                if name == "timings":
+                    timings.update(value["seconds"])
+                    notes.extend(n for n in value["notes"] if n not in notes)
+            if "real_comfy" in getattr(rep, "keywords", {}) and (rep.when == "call" or outcome != "passed"):
+                rows.append(f"{outcome.upper()} {rep.nodeid}")
+    if rows:
+        terminalreporter.section(f"real ComfyUI tests (COMFYUI_DIR={os.environ.get('COMFYUI_DIR', 'unset')})")
+        for row in sorted(rows):
+            terminalreporter.write_line(row)
+    if timings:
+        terminalreporter.section("timings")
+        for name, seconds in timings.items():
+            terminalreporter.write_line(f"{name}: {seconds:.1f} s")
+        for line in notes:
+            terminalreporter.write_line(line)

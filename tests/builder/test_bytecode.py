@@ -20,6 +20,8 @@ from builder.spec import load_spec, validate
 
 from .fixtures import Repo, make_wheel, node_repo, write_spec
 
+pytestmark = pytest.mark.slow  # realize and compile whole trees
+
 COMFY_FILES = {
     "main.py": "import comfy.model\nimport nodes\nprint('fake ComfyUI', comfy.model.VERSION)\n",
     "nodes.py": "NODE_CLASS_MAPPINGS = {}\n",

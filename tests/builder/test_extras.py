@@ -111,6 +111,7 @@ def server_comfy(repos) -> Repo:
     return repo.publish()
 
 
+@pytest.mark.slow
 def test_snapshot_boots_comfyui_once_and_is_skipped_when_nothing_changed(world, server_comfy):
     from .fixtures import write_spec
 

@@ -15,6 +15,8 @@ from builder.spec import load_spec
 
 from .fixtures import git, make_venv, node_repo, site_versions
 
+pytestmark = pytest.mark.slow  # realize into real venvs (git clones, pip)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -152,7 +154,8 @@ def test_killed_realize_completes_on_rerun(world, venv_python, tmp_path, sig):
     proc = subprocess.Popen(cmd, env={**world.env, "SLOW_INSTALL": "60"}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not (node / "runs.txt").exists():
+    runs = node / "runs.txt"
+    while not (runs.exists() and runs.read_text() == "x"):  # created empty first: wait for its byte
         assert proc.poll() is None and time.monotonic() < deadline, "realize ended before install.py ran"
         time.sleep(0.05)
     if sig == signal.SIGKILL:

@@ -21,6 +21,8 @@ from rp_handler.main import attach_cache, client_factory, start_comfy
 from rp_handler.process import ComfyDirs
 from tests.worker.conftest import copy_fake, make_cfg
 
+pytestmark = pytest.mark.slow  # a supervised worker with the fake ComfyUI process
+
 MiB = 1 << 20
 
 

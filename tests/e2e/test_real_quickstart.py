@@ -46,6 +46,7 @@ TORCH_PIN = "torch==2.13.0"
 TORCH_WHEEL = "torch-2.13.0+cpu-*.whl"
 
 pytestmark = [
+    pytest.mark.real_comfy,
     pytest.mark.slow,
     pytest.mark.timeout(3600),
     pytest.mark.skipif(not (COMFYUI_DIR and os.environ.get("REAL_E2E") == "1"),
@@ -56,7 +57,7 @@ pytestmark = [
 def find_links() -> list[str]:
     """The wheel folders pip is told about here, the local CPU torch wheel among them."""
     raw = " ".join(os.environ.get(k, "") for k in ("UV_FIND_LINKS", "PIP_FIND_LINKS"))
-    return [d for d in re.split(r"[\s,]+", raw) if d and glob.glob(os.path.join(d, TORCH_WHEEL))]
+    return list(dict.fromkeys(d for d in re.split(r"[\s,]+", raw) if d and glob.glob(os.path.join(d, TORCH_WHEEL))))
 
 
 def comfy_source(root: Path, comfy_dir: Path) -> tuple[str, str]:
@@ -115,7 +116,10 @@ def make_torchvision_import(python: Path) -> str:
               "    return lambda fn: fn\n\n")
     anchor = "\n\n@functools.lru_cache(None)\ndef get_meta_lib"
     assert anchor in patched, "torchvision/_meta_registrations.py changed shape: update the CPU-only workaround"
-    meta.write_text(patched.replace(anchor, helper + anchor.lstrip("\n"), 1))
+    # A new file, not an in-place write: the installed file may be a hard link into uv's cache.
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(patched.replace(anchor, helper + anchor.lstrip("\n"), 1))
+    os.replace(tmp, meta)
     second = subprocess.run(probe, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     return f"patched {n} fake-op registration(s) in {meta}"
@@ -158,7 +162,7 @@ def realized() -> Realized:
                      "STORAGE_EMULATOR_HOST", "OUTPUT_MODE", "NVME_CACHE_DIR", "PYTHONPATH"):
             env.pop(name, None)
         env.update(HOME=str(root / "home"), COMFY_CACHE_ROOT=str(root / "cache"), VERSIONS_DIR=str(root / "versions"),
-                   UV_FIND_LINKS=" ".join(links), UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR") or str(root / "uv-cache"),
+                   UV_FIND_LINKS=",".join(links), UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR") or str(root / "uv-cache"),
                    RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true", PYTHONUNBUFFERED="1", GIT_CONFIG_NOSYSTEM="1")
         venv, home = root / "venv", root / "ComfyUI"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

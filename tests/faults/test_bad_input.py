@@ -88,6 +88,7 @@ def assert_clear(result: dict) -> None:
 
 
 # ------------------------------------------------------------------------ fuzzing
+@pytest.mark.slow
 @FUZZ
 @given(raw=job_inputs)
 def test_fuzzed_job_inputs_through_the_handler(comfy_ctx, raw):
@@ -97,6 +98,7 @@ def test_fuzzed_job_inputs_through_the_handler(comfy_ctx, raw):
     assert not left, left
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=job_inputs)
 def test_fuzzed_job_inputs_through_the_validator(raw):
@@ -136,6 +138,7 @@ specs = st.fixed_dictionaries({"schema_version": st.sampled_from([2, 1, "2"]),
 }) | json_values
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=specs)
 def test_fuzzed_specs_give_only_spec_errors(data):
@@ -149,6 +152,7 @@ def test_fuzzed_specs_give_only_spec_errors(data):
         assert target is not None and ".." not in target.split("/") and not target.startswith(("/", "~"))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries=st.lists(model_entries | json_values, max_size=3))
 def test_fuzzed_model_entries_plan_or_refuse(entries, tmp_path_factory):
@@ -271,6 +275,7 @@ def test_custom_node_name_from_a_traversal_repo_url_is_refused():
 
 
 # ------------------------------------------------------------------------ size and depth
+@pytest.mark.slow
 def test_100_mb_of_base64_is_refused_without_decoding(comfy_ctx):
     big = "A" * (100 * 2**20)
     for value in (big, "data:image/png;base64," + big):
@@ -281,6 +286,7 @@ def test_100_mb_of_base64_is_refused_without_decoding(comfy_ctx):
     assert not half_written(comfy_ctx.dirs.input)
 
 
+@pytest.mark.slow
 def test_100_mb_of_base64_under_a_raised_limit_is_staged_and_removed(fake_comfy, tmp_path):
     from tests.faults.conftest import context_for
 

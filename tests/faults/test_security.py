@@ -77,6 +77,7 @@ def _connect(fam: int, sa: tuple, port: int) -> str:
         return "connected"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", ["", "--listen 0.0.0.0", "--listen=:: --port 1", "--listen"])
 def test_comfyui_listens_on_127_0_0_1_only(tmp_path, extra):
     w = LiveWorker(tmp_path, COMFY_EXTRA_ARGS=extra)
@@ -138,6 +139,7 @@ def _files_text(root: Path, skip: set[Path]) -> str:
     return "\n".join(chunks)
 
 
+@pytest.mark.slow
 def test_worker_jobs_never_leak_secrets(tmp_path, caplog, capfd):
     caplog.set_level(logging.DEBUG)
     sa = tmp_path / "secret" / "sa.json"

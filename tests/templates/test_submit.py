@@ -249,6 +249,7 @@ HANDLER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_against_real_runpod_local_api(tmp_path):
     """The CLI as a subprocess against runpod's own --rp_serve_api server (real response shapes)."""
     (tmp_path / "handler.py").write_text(HANDLER)

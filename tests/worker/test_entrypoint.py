@@ -19,6 +19,8 @@ from rp_handler.process import free_port
 from tests.helpers import wait_until_answers
 from tests.worker.conftest import copy_fake, post_json
 
+pytestmark = pytest.mark.slow  # the worker as a process (`python -m rp_handler`) against the fake ComfyUI
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -17,6 +17,8 @@ from rp_handler.process import free_port
 from tests.helpers import wait_until_answers
 from tests.worker.conftest import copy_fake
 
+pytestmark = pytest.mark.slow  # `version.py run-handler` / `run-ui` as processes
+
 REPO = Path(__file__).resolve().parents[2]
 
 
