@@ -24,7 +24,8 @@ from rp_handler.inputs import cleanup_job, job_subfolder, rewrite_workflow, stag
 from rp_handler.job import Action, Job, parse_job
 from rp_handler.memory import should_free
 from rp_handler.outputs import OutputCollector, OutputFile, local_path, make_sink
-from rp_handler.process import ComfyDirs, Supervisor
+from rp_handler.process import ComfyDirs
+from rp_handler.supervisor import Supervisor
 from rp_handler.progress import ProgressReporter
 from rp_handler.retry import run_with_retry
 from rp_handler.status import status_payload, warm_payload

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from rp_handler import runpod_sdk
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import InputError, WorkerError
-from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
+from rp_handler.process import ComfyDirs, ComfyProcess
+from rp_handler.supervisor import Supervisor
 from rp_handler.timings import current_job
 
 if TYPE_CHECKING:  # imported later, while ComfyUI boots (cold start)
