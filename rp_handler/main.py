@@ -34,7 +34,7 @@ from rp_handler.timings import current_job
 if TYPE_CHECKING:  # imported later, while ComfyUI boots (cold start)
     from rp_handler.cache.worker import WorkerCache
     from rp_handler.comfy import ComfyClient
-    from rp_handler.handler import WorkerContext
+    from rp_handler.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,8 @@ def serve(cfg: WorkerConfig) -> int:
         # Everything below overlaps ComfyUI's boot: the handler stack, the ComfyUI client, the
         # output library in use, and the runpod SDK (about 2 s).
         from rp_handler.cancel import run_cancellable
-        from rp_handler.handler import WorkerContext, handle
+        from rp_handler.context import WorkerContext
+        from rp_handler.handler import handle
         from rp_handler.version_files import lock_digest, version_lock
 
         with yield_cpu_to_comfyui(cfg.boot_nice):
