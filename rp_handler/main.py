@@ -214,7 +214,11 @@ def main(env: Mapping[str, str] | None = None, argv: list[str] | None = None) ->
 
 
 def serve(cfg: WorkerConfig) -> int:
-    """Own ComfyUI and run the runpod loop until it returns."""
+    """Own ComfyUI and run the runpod loop until it returns.
+
+    Long on purpose: the boot sequence read top to bottom, each step placed to overlap ComfyUI's boot
+    (moving one changes the cold-start timings), and one ``finally`` that undoes it.
+    """
     COLD.mark("imports_done")
     owned_io = cfg.io_dir is None
     io_dir = cfg.io_dir or Path(tempfile.mkdtemp(prefix="rp_handler-io-"))
