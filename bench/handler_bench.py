@@ -28,7 +28,8 @@ from bench._common import (add_comfy_args, boot_plus_job, cleanup, comfy_target,
 
 def part_jobs(home: Path, python: str, n: int, warmup: int = 5) -> None:
     from rp_handler.config import WorkerConfig
-    from rp_handler.handler import WorkerContext, handle
+    from rp_handler.context import WorkerContext
+    from rp_handler.handler import handle
     from rp_handler.main import client_factory, start_comfy
 
     io_dir = temp_dir("bench-io-")

@@ -12,15 +12,14 @@ import hashlib
 import json
 import posixpath
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .errors import SpecError
+from .spec_types import DEFAULT_PINNED, NodeSpec, Options, RepoSpec, Spec
 
 SCHEMA_VERSION = 2
-DEFAULT_PINNED = ("torch", "torchvision", "torchaudio")
 
 TOP_KEYS = {"schema_version", "version_id", "description", "comfy", "custom_nodes", "models",
             "python_packages", "pip_constraints", "env", "options"}
@@ -40,53 +39,6 @@ ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CHECKSUM_RE = {"sha256": re.compile(r"^[0-9a-f]{64}$"), "md5": re.compile(r"^[0-9a-f]{32}$")}
 SCP_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/\s][^\s]*$")  # git@host:org/repo.git
 BAD_REF_RE = re.compile(r"(\s|\.\.|[~^:?*\[\\]|@\{|^-|^/|/$|\.lock$)")
-
-
-@dataclass(frozen=True)
-class RepoSpec:
-    """A git repository at a ref or commit (commit wins when both are given)."""
-
-    repo: str
-    ref: str | None = None
-    commit: str | None = None
-
-    @property
-    def wanted(self) -> str:
-        return self.commit or self.ref or "HEAD"
-
-
-@dataclass(frozen=True)
-class NodeSpec(RepoSpec):
-    name: str = ""
-    run_install_py: bool = False
-
-
-@dataclass(frozen=True)
-class Options:
-    offline: bool = False
-    skip_models: bool = False
-    pin_installed: tuple[str, ...] = DEFAULT_PINNED
-    pip_index_url: str | None = None
-    pip_extra_index_urls: tuple[str, ...] = ()
-    nvme_cache_node: bool = True  # install the worker's OnDemand node into custom_nodes/nvme_cache
-    snapshot_object_info: bool = False  # boot ComfyUI once at realize and keep its /object_info
-    warm_models: tuple[str, ...] = ()  # read by the worker: copied onto NVMe at start
-    limits: dict = field(default_factory=dict)  # read by the worker: {LIMIT_KEY: int}, the stricter value wins
-    comfy_api_nodes: bool = False  # read by the worker: load ComfyUI's API nodes (off by default: faster boot)
-
-
-@dataclass(frozen=True)
-class Spec:
-    version_id: str
-    comfy: RepoSpec
-    custom_nodes: tuple[NodeSpec, ...]
-    models: tuple[dict, ...]
-    python_packages: tuple[str, ...]
-    pip_constraints: tuple[str, ...]
-    env: dict = field(default_factory=dict)
-    options: Options = Options()
-    digest: str = ""
-    raw: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 # --- helpers shared with create / lock -------------------------------------------

@@ -116,6 +116,22 @@ class GcsConfig:
     credentials_file: str = field(default="", repr=False)
     timeout_s: float = 60.0  # GCS_TIMEOUT_S
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "GcsConfig":
+        return cls(
+            bucket=env.get("GCS_BUCKET", ""),
+            prefix=(env.get("GCS_PREFIX") or "comfy-outputs").strip("/"),
+            project=env.get("GCS_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or "",
+            retries=max(1, _int(env, "GCS_RETRIES", 3)),
+            retry_base_sleep=_float(env, "GCS_RETRY_BASE_SLEEP", 0.5),
+            public=truthy(env.get("GCS_PUBLIC")),
+            signed_url_ttl=_int(env, "GCS_SIGNED_URL_TTL", 3600),
+            validate=truthy(env.get("GCS_VALIDATE", "true")),
+            emulator_host=env.get("STORAGE_EMULATOR_HOST", ""),
+            credentials_file=env.get("GOOGLE_APPLICATION_CREDENTIALS", ""),
+            timeout_s=max(0.1, _float(env, "GCS_TIMEOUT_S", 60.0)),
+        )
+
 
 @dataclass(frozen=True)
 class CacheConfig:
@@ -135,6 +151,16 @@ class Limits:
     max_steps: int
     max_frames: int
     max_input_bytes: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Limits":
+        return cls(
+            max_pixels=_int(env, "LIMIT_MAX_PIXELS", 4_194_304),
+            max_batch=_int(env, "LIMIT_MAX_BATCH", 8),
+            max_steps=_int(env, "LIMIT_MAX_STEPS", 150),
+            max_frames=_int(env, "LIMIT_MAX_FRAMES", 256),
+            max_input_bytes=_int(env, "MAX_INPUT_BYTES", 50_000_000),
+        )
 
 
 @dataclass(frozen=True)
@@ -231,19 +257,7 @@ class WorkerConfig:
             free_vram_below_mb=_int(env, "FREE_VRAM_BELOW_MB", 0),
             free_every_n_jobs=_int(env, "FREE_EVERY_N_JOBS", 0),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
-            gcs=GcsConfig(
-                bucket=bucket,
-                prefix=(env.get("GCS_PREFIX") or "comfy-outputs").strip("/"),
-                project=env.get("GCS_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or "",
-                retries=max(1, _int(env, "GCS_RETRIES", 3)),
-                retry_base_sleep=_float(env, "GCS_RETRY_BASE_SLEEP", 0.5),
-                public=truthy(env.get("GCS_PUBLIC")),
-                signed_url_ttl=_int(env, "GCS_SIGNED_URL_TTL", 3600),
-                validate=truthy(env.get("GCS_VALIDATE", "true")),
-                emulator_host=env.get("STORAGE_EMULATOR_HOST", ""),
-                credentials_file=env.get("GOOGLE_APPLICATION_CREDENTIALS", ""),
-                timeout_s=max(0.1, _float(env, "GCS_TIMEOUT_S", 60.0)),
-            ),
+            gcs=GcsConfig.from_env(env),
             cache=CacheConfig(
                 root=Path(cache_root) if cache_root else None,
                 min_size_mb=_float(env, "CACHE_MIN_SIZE_MB", 10.0),
@@ -253,13 +267,7 @@ class WorkerConfig:
                 wait_s=max(0.0, _float(env, "CACHE_WAIT_S", 0.0)),
                 read_throttle_mbps=max(0.0, _float(env, "CACHE_READ_THROTTLE_MBPS", 0.0)),
             ),
-            limits=Limits(
-                max_pixels=_int(env, "LIMIT_MAX_PIXELS", 4_194_304),
-                max_batch=_int(env, "LIMIT_MAX_BATCH", 8),
-                max_steps=_int(env, "LIMIT_MAX_STEPS", 150),
-                max_frames=_int(env, "LIMIT_MAX_FRAMES", 256),
-                max_input_bytes=_int(env, "MAX_INPUT_BYTES", 50_000_000),
-            ),
+            limits=Limits.from_env(env),
             io_dir=Path(env["COMFY_IO_DIR"]).expanduser() if env.get("COMFY_IO_DIR") else None,
             wait_ready_before_loop=truthy(env.get("WAIT_READY_BEFORE_LOOP")),
             boot_nice=max(0, min(19, _int(env, "WORKER_BOOT_NICE", 0))),

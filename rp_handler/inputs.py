@@ -88,21 +88,7 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            addrs = resolver(host, port)
-        except OSError as err:
-            raise InputError(f"{where}: cannot resolve host {host!r}: {err} (check the URL, or send the image "
-                             "as base64)", {"field": where}) from None
-        if not addrs:
-            raise InputError(f"{where}: host {host!r} has no address", {"field": where})
-        if not cfg.allow_private_urls:
-            for addr in addrs:
-                reason = refuse(ipaddress.ip_address(addr.split("%")[0]))
-                if reason:
-                    raise InputError(f"{where}: host {host!r} resolves to a {reason} address; only public "
-                                     "addresses are fetched (ALLOW_PRIVATE_URLS=true allows it)",
-                                     {"field": where, "reason": reason})
-        ip = addrs[0]
+        ip = _checked_addresses(host, port, cfg, where, resolver, refuse)[0]
         left = _time_left(deadline, started, where, host, 0)
         kw: dict[str, Any] = {"timeout": urllib3.Timeout(connect=min(10, left), read=min(timeout, left)),
                               "retries": False}
@@ -135,6 +121,26 @@ def fetch_url(url: str, cfg: WorkerConfig, *, where: str = "image", timeout: flo
             resp.release_conn()
             pool.close()
     raise InputError(f"{where}: too many redirects from {safe_url(url)}", {"field": where})
+
+
+def _checked_addresses(host: str, port: int, cfg: WorkerConfig, where: str, resolver: Resolver,
+                       refuse: Callable[[Any], str | None]) -> list[str]:
+    """``host``'s addresses after DNS, each passed through ``refuse`` unless ALLOW_PRIVATE_URLS."""
+    try:
+        addrs = resolver(host, port)
+    except OSError as err:
+        raise InputError(f"{where}: cannot resolve host {host!r}: {err} (check the URL, or send the image "
+                         "as base64)", {"field": where}) from None
+    if not addrs:
+        raise InputError(f"{where}: host {host!r} has no address", {"field": where})
+    if not cfg.allow_private_urls:
+        for addr in addrs:
+            reason = refuse(ipaddress.ip_address(addr.split("%")[0]))
+            if reason:
+                raise InputError(f"{where}: host {host!r} resolves to a {reason} address; only public "
+                                 "addresses are fetched (ALLOW_PRIVATE_URLS=true allows it)",
+                                 {"field": where, "reason": reason})
+    return addrs
 
 
 def _time_left(deadline: float, started: float, where: str, host: str, got: int) -> float:

@@ -83,7 +83,8 @@ def run_handler(argv: list[str], env: Mapping[str, str] | None = None) -> int:
 
 
 def _run_handler(args: argparse.Namespace, env: Mapping[str, str] | None) -> int:
-    from rp_handler.handler import WorkerContext, handle
+    from rp_handler.context import WorkerContext
+    from rp_handler.handler import handle
     from rp_handler.main import apply_version_limits, attach_cache, client_factory, open_model_cache, start_comfy
     from rp_handler.version_files import lock_digest, version_lock
 

@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Mapping
 from rp_handler import runpod_sdk
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import InputError, WorkerError
-from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
+from rp_handler.process import ComfyDirs, ComfyProcess
+from rp_handler.supervisor import Supervisor
 from rp_handler.timings import current_job
 
 if TYPE_CHECKING:  # imported later, while ComfyUI boots (cold start)
     from rp_handler.cache.worker import WorkerCache
     from rp_handler.comfy import ComfyClient
-    from rp_handler.handler import WorkerContext
+    from rp_handler.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,11 @@ def main(env: Mapping[str, str] | None = None, argv: list[str] | None = None) ->
 
 
 def serve(cfg: WorkerConfig) -> int:
-    """Own ComfyUI and run the runpod loop until it returns."""
+    """Own ComfyUI and run the runpod loop until it returns.
+
+    Long on purpose: the boot sequence read top to bottom, each step placed to overlap ComfyUI's boot
+    (moving one changes the cold-start timings), and one ``finally`` that undoes it.
+    """
     COLD.mark("imports_done")
     owned_io = cfg.io_dir is None
     io_dir = cfg.io_dir or Path(tempfile.mkdtemp(prefix="rp_handler-io-"))
@@ -233,7 +238,8 @@ def serve(cfg: WorkerConfig) -> int:
         # Everything below overlaps ComfyUI's boot: the handler stack, the ComfyUI client, the
         # output library in use, and the runpod SDK (about 2 s).
         from rp_handler.cancel import run_cancellable
-        from rp_handler.handler import WorkerContext, handle
+        from rp_handler.context import WorkerContext
+        from rp_handler.handler import handle
         from rp_handler.version_files import lock_digest, version_lock
 
         with yield_cpu_to_comfyui(cfg.boot_nice):

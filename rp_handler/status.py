@@ -9,7 +9,7 @@ from rp_handler import errors
 from rp_handler.timings import COLD
 
 if TYPE_CHECKING:
-    from rp_handler.handler import WorkerContext
+    from rp_handler.context import WorkerContext
 
 log = logging.getLogger(__name__)
 

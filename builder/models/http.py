@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ import requests
 import urllib3
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from builder.errors import AuthError, DownloadError, NotFoundError
+from builder.errors import DownloadError
 from builder.models.checksum import SLICE, Digests, HashThread, drop_pages
+from builder.models.http_response import CONTENT_RANGE, Transient, check_status, total_from, validator_of
 from builder.models.sources import host_of, redact_url
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,6 @@ PIECE = 32 * 1024 * 1024
 DEFAULT_PARALLEL_MIN = 256 * 1024 * 1024
 TIMEOUT = (15, 60)
 ATTEMPTS = 5
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-class Transient(Exception):
-    """A failure worth resuming/retrying (connection reset, truncated body, 5xx)."""
 
 
 class _RangeIgnored(Exception):
@@ -87,44 +82,6 @@ def auth_headers(url: str, token: str, token_hosts: set[str]) -> dict:
         return {"Authorization": f"Bearer {token}"}
     return {}
 
-
-def _check_status(resp: requests.Response, label: str, opts: HttpOptions) -> None:
-    code = resp.status_code
-    if code < 400:
-        return
-    where = f"{label}: HTTP {code} from {redact_url(resp.url)}"
-    if code in (401, 403):
-        if opts.token_env and not opts.token_set:
-            raise AuthError(f"{where}; {opts.token_env} is not set (set it to a token with access to this file)")
-        if opts.token_env:
-            raise AuthError(f"{where}; {opts.token_env} was rejected (check that it is valid and has access)")
-        raise AuthError(f"{where}; access denied and no token is sent to this host (check the URL or use a signed URL)")
-    if code in (404, 410):
-        raise NotFoundError(f"{where}; the file does not exist (check the URL)")
-    if code == 416:
-        raise DownloadError(f"{where}; the server refused the byte range (its Content-Length may be wrong)")
-    if code == 429 or code >= 500:
-        raise Transient(f"{where}")
-    raise DownloadError(f"{where}")
-
-
-def _validator(resp: requests.Response) -> str | None:
-    etag = resp.headers.get("ETag")
-    if etag and not etag.startswith("W/"):
-        return etag
-    return resp.headers.get("Last-Modified")
-
-
-def _total_from(resp: requests.Response) -> int | None:
-    cr = resp.headers.get("Content-Range")
-    if resp.status_code == 206 and cr:
-        m = _CONTENT_RANGE.match(cr.strip())
-        if m and m.group(3) != "*":
-            return int(m.group(3))
-    cl = resp.headers.get("Content-Length")
-    if resp.status_code == 200 and cl and cl.isdigit():
-        return int(cl)
-    return None
 
 
 def _write_all(fd: int, data, offset: int | None = None) -> None:
@@ -176,9 +133,9 @@ def download(
         if opts.connections > 1:
             hdrs = {**opts.headers, "Range": f"bytes=0-{PIECE - 1}"}
             first = _retry_call(lambda: _opened(session, url, hdrs, label, opts), label)
-            total = _total_from(first)
+            total = total_from(first)
             if first.status_code == 206 and total is not None and total >= opts.parallel_min:
-                final_url, validator = first.url, _validator(first)
+                final_url, validator = first.url, validator_of(first)
                 first.close()
                 if size_hint:
                     size_hint(total)
@@ -219,7 +176,7 @@ def _retry_call(fn, label):
 def _opened(session, url, headers, label, opts) -> requests.Response:
     resp = _get(session, url, headers, label)
     try:
-        _check_status(resp, label, opts)
+        check_status(resp, label, opts)
     except BaseException:
         resp.close()
         raise
@@ -243,17 +200,7 @@ def _single(session, fd, url, label, opts, algos, progress, first, size_hint) ->
                     hdrs["If-Range"] = state["validator"]
             resp = _opened(session, url, hdrs, label, opts)
         with resp:
-            start = 0
-            if resp.status_code == 206:
-                m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
-                if not m:
-                    raise DownloadError(f"{label}: 206 response without a valid Content-Range")
-                start = int(m.group(1))
-                if start != done:
-                    if start != 0:
-                        raise DownloadError(f"{label}: server resumed at byte {start}, asked for {done}")
-            elif resp.status_code != 200:
-                raise DownloadError(f"{label}: unexpected HTTP {resp.status_code}")
+            start = _body_start(resp, done, label)
             if start == 0 and done:
                 log.warning("%s: server ignored Range (HTTP %s); starting over from byte 0", label, resp.status_code)
                 os.ftruncate(fd, 0)
@@ -263,27 +210,12 @@ def _single(session, fd, url, label, opts, algos, progress, first, size_hint) ->
                     progress(-done)
                 state["done"] = done = 0
             if state["total"] is None or start == 0:
-                state["total"] = _total_from(resp)
-                state["validator"] = _validator(resp)
+                state["total"] = total_from(resp)
+                state["validator"] = validator_of(resp)
                 if size_hint and state["total"]:
                     size_hint(state["total"])
             state["url"] = resp.url
-            try:
-                for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                    _write_all(fd, chunk)
-                    hasher.feed(chunk)
-                    state["done"] += len(chunk)
-                    if progress:
-                        progress(len(chunk))
-            except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
-                    requests.ConnectionError, ConnectionError) as exc:
-                raise Transient(
-                    f"{label}: connection broke after {state['done']} of {state['total'] or '?'} bytes"
-                    f" ({type(exc).__name__})"
-                ) from None
-            total = state["total"]
-            if total is not None and state["done"] < total:
-                raise Transient(f"{label}: body truncated at {state['done']} of {total} bytes")
+            _stream_body(resp, fd, hasher, state, label, progress)
 
     try:
         _retry_call(attempt_once, label)
@@ -297,6 +229,43 @@ def _single(session, fd, url, label, opts, algos, progress, first, size_hint) ->
             f"{label}: received {digests.size} bytes but the server announced {total} (Content-Length lies?)"
         )
     return HttpResult(digests, digests.size, state["url"])
+
+
+def _body_start(resp: requests.Response, done: int, label: str) -> int:
+    """Where the body of ``resp`` starts: a 206's Content-Range start (``done`` or 0), 0 for a 200."""
+    start = 0
+    if resp.status_code == 206:
+        m = CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
+        if not m:
+            raise DownloadError(f"{label}: 206 response without a valid Content-Range")
+        start = int(m.group(1))
+        if start != done:
+            if start != 0:
+                raise DownloadError(f"{label}: server resumed at byte {start}, asked for {done}")
+    elif resp.status_code != 200:
+        raise DownloadError(f"{label}: unexpected HTTP {resp.status_code}")
+    return start
+
+
+def _stream_body(resp: requests.Response, fd: int, hasher: HashThread, state: dict, label: str,
+                 progress: Callable[[int], None] | None) -> None:
+    """Write and hash the body; a broken or short one is ``Transient`` (resumed from ``state["done"]``)."""
+    try:
+        for chunk in resp.raw.stream(CHUNK, decode_content=False):
+            _write_all(fd, chunk)
+            hasher.feed(chunk)
+            state["done"] += len(chunk)
+            if progress:
+                progress(len(chunk))
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
+            requests.ConnectionError, ConnectionError) as exc:
+        raise Transient(
+            f"{label}: connection broke after {state['done']} of {state['total'] or '?'} bytes"
+            f" ({type(exc).__name__})"
+        ) from None
+    total = state["total"]
+    if total is not None and state["done"] < total:
+        raise Transient(f"{label}: body truncated at {state['done']} of {total} bytes")
 
 
 class _Pieces:
@@ -403,7 +372,7 @@ def _fetch_piece(session, fd, url, off, length, total, validator, label, opts, p
         with resp:
             if resp.status_code != 206:
                 raise _RangeIgnored()
-            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
+            m = CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
             if not m or int(m.group(1)) != pos or (m.group(3) != "*" and int(m.group(3)) != total):
                 raise _RangeIgnored()
             try:

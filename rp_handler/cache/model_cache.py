@@ -17,6 +17,7 @@ from rp_handler.cache.copier import CopyTask, CopyWorker
 from rp_handler.cache.extra_paths import write_extra_model_paths
 from rp_handler.cache.folders import FolderIndex, canonical
 from rp_handler.cache.refs import ModelRef, RefScanner, refs_from_names
+from rp_handler.cache.reports import CacheReports
 from rp_handler.cache.status import STATUSES, FileStatus  # noqa: F401  (STATUSES: rp_handler.cache)
 from rp_handler.cache.store import CacheDirUnusable, CacheStore, Entry
 from rp_handler.config import CacheConfig
@@ -40,7 +41,7 @@ class _Job:
     finished: float | None = None
 
 
-class ModelCache:
+class ModelCache(CacheReports):
     """See the package docstring for an example."""
 
     def __init__(self, cfg: CacheConfig, volume_models_dir: Path, object_info: dict | None = None, *,
@@ -142,73 +143,6 @@ class ModelCache:
             job = self._jobs.get(job_id)
             if job is not None and job.finished is None:
                 job.finished = time.monotonic()
-
-    def job_report(self, job_id: str) -> dict[str, Any]:
-        """``{"hits", "misses", "bytes_copied", "seconds", "models": [...]}`` for the job."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                return {"hits": 0, "misses": 0, "bytes_copied": 0, "seconds": 0.0, "models": []}
-            files = list(job.files.values())
-            ends = [t.finished_at for t in job.tasks.values() if t.finished_at is not None]
-            running = any(not t.done.is_set() for t in job.tasks.values())
-            end = time.monotonic() if running or not ends else max(ends)
-            report = {
-                "hits": sum(1 for f in files if f.hit),
-                "misses": sum(1 for f in files if f.miss),
-                "bytes_copied": sum(f.bytes_copied for f in files),
-                "seconds": round(max(0.0, end - job.started) if job.tasks else 0.0, 3),
-                "models": [f.to_dict() for f in files],
-            }
-            if not self.enabled:
-                report["disabled"] = self.disabled_reason
-            return report
-
-    def missing(self, job_id: str) -> list[str]:
-        """One line per model of the job that is not on the volume (for the job's error)."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            return [f.error or f"{f.folder}/{f.name}" for f in (job.files.values() if job else ())
-                    if f.status == "not_found"]
-
-    def copy_log(self) -> list[dict[str, Any]]:
-        """Recent finished copies: ``{key, bytes, seconds, finished_at (monotonic), error}``, oldest first."""
-        with self._lock:
-            return [dict(c) for c in self._copy_log]
-
-    def local_times(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's copies that completed: ``{key, bytes, seconds, local_at (monotonic)}``."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            return [{"key": f"{f.folder}/{f.name}", "bytes": f.bytes_copied, "seconds": f.copy_s,
-                     "local_at": f.local_at}
-                    for f in (job.files.values() if job else ()) if f.local_at is not None]
-
-    def status(self) -> dict[str, Any]:
-        """Cache contents and copies in flight (the ``status`` action)."""
-        with self._lock:
-            out: dict[str, Any] = {"enabled": self.enabled, "root": str(self.cfg.root) if self.cfg.root else None,
-                                   "volume": str(self.volume.models_dir)}
-            if self.store is None:
-                out["disabled"] = self.disabled_reason
-                return out
-            entries = []
-            for e in sorted(self.store.entries.values(), key=lambda e: -e.access_seq):
-                entries.append({"key": e.key, "size": e.size, "hits": e.hits, "last_access": e.last_access,
-                                "sha256": e.sha256, "in_use_by": sorted(self.store.pinned_by(e.key))})
-            in_flight = [{"key": k, "size": t.size, "bytes_done": t.bytes_done,
-                          "state": "copying" if t.started_at is not None else "queued",
-                          "jobs": sorted(self._task_jobs.get(k, ()))}
-                         for k, t in self._tasks.items()]
-            out.update({
-                "budget_bytes": self.cfg.budget_bytes,
-                "capacity_bytes": self.store.capacity(),
-                "used_bytes": self.store.used_bytes(),
-                "entries": entries,
-                "in_flight": in_flight,
-                "warm": self._warm_summary(),
-            })
-            return out
 
     def warm(self, models: list | None = None, workflow: dict | None = None, wait: bool = False,
              timeout: float | None = None) -> dict[str, Any]:
@@ -384,15 +318,6 @@ class ModelCache:
                     st.local_at, st.copy_s = task.finished_at or time.monotonic(), seconds
                 else:
                     st.status, st.error = "error", task.error
-
-    def _job_done(self, job: _Job) -> bool:
-        return all(t.done.is_set() for t in job.tasks.values())
-
-    def _warm_summary(self) -> dict[str, Any] | None:
-        if self._warm is None:
-            return None
-        return {"warm_id": self._warm.job_id, "done": self._job_done(self._warm),
-                "models": len(self._warm.files)}
 
     def _trim_jobs(self) -> None:
         finished = [j for j, job in self._jobs.items() if job.finished is not None]

@@ -16,7 +16,8 @@ from rp_handler.cache.worker import combo_names, open_cache
 from rp_handler.config import WorkerConfig
 from rp_handler.version_files import lock_checksums, version_lock, version_spec
 from rp_handler.errors import InputError
-from rp_handler.handler import WorkerContext, handle
+from rp_handler.context import WorkerContext
+from rp_handler.handler import handle
 from rp_handler.main import attach_cache, client_factory, start_comfy
 from rp_handler.process import ComfyDirs
 from tests.worker.conftest import copy_fake, make_cfg

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rp_handler.comfy import ComfyClient
-from rp_handler.handler import WorkerContext
+from rp_handler.context import WorkerContext
 from rp_handler.process import ComfyDirs
 from tests.fakes.comfyui.server import FakeComfyServer
 from tests.worker.conftest import make_cfg

@@ -65,7 +65,7 @@ class RealFaultWorker:
     """A supervised real ComfyUI plus the WorkerContext ``main`` builds (no runpod loop)."""
 
     def __init__(self, root: Path):
-        from rp_handler.handler import WorkerContext
+        from rp_handler.context import WorkerContext
         from rp_handler.main import client_factory, start_comfy
         from tests.worker.test_real_comfy_worker import comfy_env
 

@@ -107,7 +107,7 @@ class LiveWorker:
     """A WorkerContext over a supervised fake ComfyUI process (what main builds, minus runpod)."""
 
     def __init__(self, root: Path, home: Path | None = None, **env: str):
-        from rp_handler.handler import WorkerContext
+        from rp_handler.context import WorkerContext
         from rp_handler.main import client_factory, start_comfy
 
         home = home or copy_fake(root / "ComfyUI")

@@ -16,7 +16,8 @@ from builder.lock import build_lock, write_lock
 from builder.resolve import Resolution
 from builder.spec import load_spec
 from rp_handler.fitness import FitnessError, check_comfy, plan_checks
-from rp_handler.process import ComfyProcess, Supervisor
+from rp_handler.process import ComfyProcess
+from rp_handler.supervisor import Supervisor
 from tests.worker.conftest import make_cfg
 
 REPO = Path(__file__).resolve().parents[2]

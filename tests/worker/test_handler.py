@@ -276,7 +276,7 @@ def test_identical_resubmission_same_job_id_still_returns_files(live_worker):
 
 def test_in_process_fake_without_supervisor_posts_to_prompt_only(tmp_path):
     """Regression (seed 001): workflows go to /prompt, never to /api/queue or /queue."""
-    from rp_handler.handler import WorkerContext
+    from rp_handler.context import WorkerContext
     from rp_handler.main import client_factory
     from rp_handler.process import ComfyDirs
     from tests.fakes.comfyui.server import FakeComfyServer
@@ -310,7 +310,7 @@ def test_timeout_with_ignored_interrupt_restarts_comfyui(tmp_path):
 
 def test_free_every_n_jobs(tmp_path):
     from tests.fakes.comfyui.server import FakeComfyServer
-    from rp_handler.handler import WorkerContext
+    from rp_handler.context import WorkerContext
     from rp_handler.main import client_factory
     from rp_handler.process import ComfyDirs
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from rp_handler.errors import OutputError
-from rp_handler.outputs import (Base64Sink, GcsSink, LocalSink, OutputCollector, OutputFile, OutputText,
-                                crc32c_b64, local_path, output_items)
+from rp_handler.gcs_sink import GcsSink, crc32c_b64
+from rp_handler.outputs import (Base64Sink, LocalSink, OutputCollector, OutputFile, OutputText,
+                                local_path, output_items)
 from tests.worker.conftest import make_cfg
 
 PNG = (Path(__file__).resolve().parents[1] / "data" / "protocol" / "sample_output_saveimage_64x64.png").read_bytes()

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from rp_handler.errors import ComfyStartError
-from rp_handler.process import ComfyDirs, ComfyProcess, Supervisor
+from rp_handler.process import ComfyDirs, ComfyProcess
+from rp_handler.supervisor import Supervisor
 from rp_handler.timings import PhaseClock
 from tests.worker.conftest import make_cfg
 

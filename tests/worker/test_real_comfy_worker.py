@@ -88,7 +88,7 @@ class RealWorker:
     """A supervised real ComfyUI plus the WorkerContext ``main`` would build (no runpod loop)."""
 
     def __init__(self, root: Path):
-        from rp_handler.handler import WorkerContext
+        from rp_handler.context import WorkerContext
         from rp_handler.main import client_factory, start_comfy
 
         self.root = root
