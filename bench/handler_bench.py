@@ -1,6 +1,6 @@
 """Worker job time vs a bare persistent client on the same ComfyUI; and first result vs boot + job.
 
-    python bench/handler_bench.py [--jobs 40] [--starts 3] [--boot-delay 2.5] [--comfy-dir DIR --comfy-python PY]
+    python bench/handler_bench.py [--jobs 40] [--starts 3] [--boot-delay 2.5] [--probe-timeout 3] [--comfy-dir DIR --comfy-python PY]
 
 Part 1: the same tiny workflow (EmptyImage 64x64 → ImageInvert → SaveImage, a new color per job so
 nothing is cached) run interleaved by ``rp_handler.handler.handle`` (base64 output, per-job folders,
@@ -26,7 +26,7 @@ from bench._common import (add_comfy_args, boot_plus_job, cleanup, comfy_target,
                            run_worker_once, temp_dir, worker_env)
 
 
-def part_jobs(home: Path, python: str, n: int, warmup: int = 5) -> None:
+def part_jobs(home: Path, python: str, n: int, warmup: int = 5, probe_timeout: str = "3") -> None:
     from rp_handler.config import WorkerConfig
     from rp_handler.context import WorkerContext
     from rp_handler.handler import handle
@@ -35,7 +35,7 @@ def part_jobs(home: Path, python: str, n: int, warmup: int = 5) -> None:
     io_dir = temp_dir("bench-io-")
     cfg = WorkerConfig.from_env({"HOME": str(io_dir), "COMFY_HOME": str(home), "COMFY_PYTHON": python,
                                  "COMFY_PORT": "0", "COMFY_CACHE_ROOT": str(io_dir / "cache"),
-                                 "COMFY_IO_DIR": str(io_dir)})
+                                 "COMFY_IO_DIR": str(io_dir), "COMFY_PROBE_TIMEOUT_S": probe_timeout})
     # Production-like logging: INFO records formatted and written (to /dev/null here).
     sink = logging.StreamHandler(open(os.devnull, "w"))
     sink.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
@@ -116,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--starts", type=int, default=3)
     p.add_argument("--boot-delay", type=float, default=2.5, help="FAKE_COMFY_BOOT_DELAY_S for part 2 (fake only)")
     p.add_argument("--skip-cold", action="store_true")
+    p.add_argument("--probe-timeout", default="3",
+                   help="COMFY_PROBE_TIMEOUT_S for part 1 (0: no /system_stats liveness probe before each job)")
     add_comfy_args(p)
     args = p.parse_args(argv)
     try:
         home, python, label = comfy_target(args)
         print(f"handler_bench on {label} (python {python})")
-        part_jobs(home, python, args.jobs)
+        part_jobs(home, python, args.jobs, probe_timeout=args.probe_timeout)
         if not args.skip_cold:
             part_first_result(home, python, args.starts, 0.0 if args.comfy_dir else args.boot_delay)
     finally:

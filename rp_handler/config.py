@@ -24,7 +24,7 @@ WORKER_ENV: tuple[EnvVar, ...] = (
     EnvVar("COMFY_BOOT_TIMEOUT_S", "300", "Seconds ComfyUI may take to answer /system_stats after spawn."),
     EnvVar("COMFY_MAX_RESTARTS", "3", "ComfyUI crashes tolerated within COMFY_CRASH_WINDOW_S before the worker asks RunPod to refresh it (kills the worker makes on purpose do not count)."),
     EnvVar("COMFY_CRASH_WINDOW_S", "900", "Window in seconds over which ComfyUI crashes are counted against COMFY_MAX_RESTARTS."),
-    EnvVar("COMFY_PROBE_TIMEOUT_S", "3", "Seconds ComfyUI may take to answer the /system_stats liveness probe before a job; no answer: it is restarted."),
+    EnvVar("COMFY_PROBE_TIMEOUT_S", "3", "Seconds ComfyUI may take to answer the /system_stats liveness probe before a job; no answer: it is restarted. 0: no probe (saves ComfyUI's ~3.5 ms /system_stats per job; a frozen ComfyUI is then found by the job's own timeouts)."),
     EnvVar("JOB_TIMEOUT_S", "600", "Default job deadline when the input has no timeout_s."),
     EnvVar("JOB_MAX_TIMEOUT_S", "3600", "Largest timeout_s a job may ask for."),
     EnvVar("JOB_RETRIES", "1", "Whole-job retries for transient failures (ComfyUI died, out of memory): 0 or 1."),
@@ -90,6 +90,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not an integer; set it to a whole number like {default}") from None
+
+
+def _probe_timeout(value: float) -> float:
+    """COMFY_PROBE_TIMEOUT_S: 0 (or less) turns the liveness probe off; otherwise at least 0.1 s."""
+    return 0.0 if value <= 0 else max(0.1, value)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -276,7 +281,7 @@ class WorkerConfig:
             comfy_api_nodes=truthy(env.get("COMFY_API_NODES")),
             boot_gc_threshold=max(0, _int(env, "COMFY_BOOT_GC_THRESHOLD", 100_000)),
             crash_window_s=max(1.0, _float(env, "COMFY_CRASH_WINDOW_S", 900.0)),
-            probe_timeout_s=max(0.1, _float(env, "COMFY_PROBE_TIMEOUT_S", 3.0)),
+            probe_timeout_s=_probe_timeout(_float(env, "COMFY_PROBE_TIMEOUT_S", 3.0)),
             job_concurrency=max(1, min(4, _int(env, "JOB_CONCURRENCY", 2))),
         )
 

@@ -181,10 +181,10 @@ class Supervisor:
         return True
 
     def ensure_responsive(self, timeout: float, probe_timeout_s: float) -> int:
-        """``ensure_ready``, then a liveness probe (``/system_stats`` within ``probe_timeout_s``): a ComfyUI
-        that stopped answering since it became ready is replaced before a job is given to it."""
+        """``ensure_ready``, then a liveness probe (``/system_stats`` within ``probe_timeout_s``; 0: none): a
+        ComfyUI that stopped answering since it became ready is replaced before a job is given to it."""
         generation = self.ensure_ready(timeout)
-        if self.proc.ping(timeout=probe_timeout_s):
+        if probe_timeout_s <= 0 or self.proc.ping(timeout=probe_timeout_s):  # 0: the probe is off
             return generation
         self.replace(generation, f"it did not answer the /system_stats liveness probe within {probe_timeout_s:g} s "
                                  "(COMFY_PROBE_TIMEOUT_S)")

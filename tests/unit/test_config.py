@@ -75,3 +75,8 @@ def test_output_mode_default_depends_on_bucket():
 def test_bad_number_is_one_clear_line():
     with pytest.raises(ValueError, match="COMFY_PORT='abc' is not an integer"):
         WorkerConfig.from_env({"COMFY_PORT": "abc"})
+
+
+@pytest.mark.parametrize("raw, want", [("3", 3.0), ("0", 0.0), ("-1", 0.0), ("0.01", 0.1)])
+def test_probe_timeout_zero_turns_the_liveness_probe_off(raw, want):
+    assert WorkerConfig.from_env({"COMFY_PROBE_TIMEOUT_S": raw}).probe_timeout_s == want
