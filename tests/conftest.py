@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -39,6 +40,19 @@ def _isolated_env(tmp_path, monkeypatch):
                  "COMFY_VERSION_ID", "COMFY_VERSION_NAME", "OUTPUT_MODE", "NVME_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """The runpod SDK's job loop, run in-process by some tests, installs its own SIGINT/SIGTERM handlers
+    (and a disposition a child inherits, such as SIG_IGN, reaches every process a later test spawns):
+    give each test the handlers it started with, so Ctrl-C tests (``KeyboardInterrupt``, a realize
+    that must stop on SIGINT) never depend on which module ran before them in the same worker."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
 
 
 @pytest.fixture(autouse=True)
