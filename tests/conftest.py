@@ -42,17 +42,14 @@ def _isolated_env(tmp_path, monkeypatch):
     yield
 
 
-@pytest.fixture(autouse=True)
-def _signal_handlers_restored():
-    """The runpod SDK's job loop, run in-process by some tests, installs its own SIGINT/SIGTERM handlers
-    (and a disposition a child inherits, such as SIG_IGN, reaches every process a later test spawns):
-    give each test the handlers it started with, so Ctrl-C tests (``KeyboardInterrupt``, a realize
-    that must stop on SIGINT) never depend on which module ran before them in the same worker."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in before.items():
-        if handler is not None and signal.getsignal(sig) is not handler:
-            signal.signal(sig, handler)
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Each test starts with the SIGINT/SIGTERM handlers of a fresh Python process. The runpod SDK, run
+    in-process by some tests and fixtures, installs its own (a SIGINT that only sets a flag, a
+    disposition that children inherit); without this, a Ctrl-C test (``KeyboardInterrupt``, a realize
+    that must stop on SIGINT) depended on which module ran before it in the same xdist worker."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)
