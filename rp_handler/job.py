@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from rp_handler.config import WorkerConfig
 from rp_handler.errors import InputError
 from rp_handler.limits import check_limits
@@ -177,6 +179,11 @@ def parse_workflow(value: Any) -> dict[str, Any]:
         if not isinstance(node.get("inputs", {}), dict):
             raise InputError(f"workflow node {node_id!r} ('{node['class_type']}'): 'inputs' must be an object",
                              {"field": "workflow", "node_id": str(node_id)})
+    try:
+        orjson.dumps(value)  # what the client sends to ComfyUI: fail here, in one line, not inside the POST
+    except TypeError as err:
+        raise InputError(f"'workflow' holds a value that cannot be sent to ComfyUI as JSON ({err}): integers must "
+                         "fit in 64 bits (a seed, for one, at most 18446744073709551615)", {"field": "workflow"}) from None
     return value
 
 

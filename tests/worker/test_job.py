@@ -55,6 +55,12 @@ def test_ui_format_says_save_api():
     assert "Save (API)" in refused({"workflow": ui})
 
 
+def test_integer_beyond_64_bits_is_one_line_not_an_internal_error():
+    # found by the handler fuzzer: orjson refuses it inside the POST to ComfyUI
+    msg = refused({"workflow": {"3": {"class_type": "KSampler", "inputs": {"seed": 2 ** 70}}}})
+    assert "64 bits" in msg and "\n" not in msg
+
+
 def test_node_without_class_type():
     assert "'7'" in refused({"workflow": {"7": {"inputs": {}}}})
 
